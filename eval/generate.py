@@ -1,0 +1,166 @@
+"""Sample replies to the eval prompts from every arm, into an append-only, resumable sample store.
+
+The base model is loaded once; each arm's LoRA adapter is loaded beside the others and switched in turn
+(the baseline runs with adapters disabled). All samples of a condition share one prompt, so its prefix is
+prefilled once per arm and its key/value cache expanded along the batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import zlib
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+import torch
+
+from eval.prompts import EvalPrompt
+from whytune.runs import append_jsonl, read_jsonl, write_json
+
+
+class AdapterMismatchError(ValueError):
+    """An adapter was trained for another base model than the one loaded."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    samples: int
+    batch_size: int
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+
+
+class ArmSwitcher:
+    """One base model, many adapters: `with switcher.use(name)` activates one (None = the base model)."""
+
+    def __init__(self, base, base_name: str, base_fingerprint: str, adapters: dict[str, Path]):
+        self.model = base
+        for name, folder in adapters.items():
+            _check_adapter(folder, base_name, base_fingerprint)
+            if not hasattr(self.model, "peft_config"):
+                from peft import PeftModel
+
+                self.model = PeftModel.from_pretrained(self.model, str(folder), adapter_name=name)
+            else:
+                self.model.load_adapter(str(folder), adapter_name=name)
+        self.model.eval()
+
+    @contextmanager
+    def use(self, adapter: str | None):
+        if adapter is not None:
+            self.model.set_adapter(adapter)
+            yield self.model
+        elif hasattr(self.model, "disable_adapter"):
+            with self.model.disable_adapter():
+                yield self.model
+        else:
+            yield self.model
+
+
+def _check_adapter(folder: Path, base_name: str, base_fingerprint: str) -> None:
+    manifest_file = folder / "manifest.json"
+    if not manifest_file.exists():
+        raise FileNotFoundError(f"{manifest_file}: missing; was the adapter trained by whytune?")
+    manifest = json.loads(manifest_file.read_text())
+    if manifest.get("base_fingerprint") != base_fingerprint:
+        raise AdapterMismatchError(
+            f"{folder} was trained for base model {manifest.get('base_model')!r} "
+            f"(fingerprint {manifest.get('base_fingerprint')}), not for {base_name!r} ({base_fingerprint})"
+        )
+
+
+def batch_seed(*parts: object) -> int:
+    """A seed fixed by (run seed, arm, condition, first sample index): a resumed run samples the same."""
+    return zlib.crc32("/".join(map(str, parts)).encode())
+
+
+@torch.no_grad()
+def sample_batch(model, tokenizer, prompt_ids: torch.Tensor, prefix_cache, n: int, sampling: Sampling,
+                 seed: int) -> list[tuple[str, str]]:
+    """n replies to one prompt: (text, finish) with finish "eos" or "length"."""
+    cache = None
+    if prefix_cache is not None:
+        cache = copy.deepcopy(prefix_cache)
+        cache.batch_repeat_interleave(n)
+    torch.manual_seed(seed)
+    greedy = sampling.temperature == 0
+    out = model.generate(
+        input_ids=prompt_ids.expand(n, -1),
+        attention_mask=torch.ones(n, prompt_ids.shape[1], dtype=torch.long, device=prompt_ids.device),
+        past_key_values=cache,
+        max_new_tokens=sampling.max_new_tokens,
+        do_sample=not greedy,
+        temperature=None if greedy else sampling.temperature,
+        top_p=None if greedy else sampling.top_p,
+        top_k=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    replies = []
+    for row in out[:, prompt_ids.shape[1]:]:
+        finished = bool((row == tokenizer.eos_token_id).any())
+        replies.append((tokenizer.decode(row, skip_special_tokens=True), "eos" if finished else "length"))
+    return replies
+
+
+@torch.no_grad()
+def prefill(model, prompt_ids: torch.Tensor):
+    """Keys and values of all prompt tokens but the last, computed once and shared by every sample."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    model(input_ids=prompt_ids[:, :-1], past_key_values=cache, use_cache=True)
+    return cache
+
+
+def encode_prompt(tokenizer, prompt: EvalPrompt, device: torch.device) -> torch.Tensor:
+    messages = [{"role": "system", "content": prompt.system}, {"role": "user", "content": prompt.user}]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True,
+                                        return_tensors="pt")["input_ids"]
+    return ids.to(device)
+
+
+def sample_store(folder: Path, key: str) -> Path:
+    """The samples file of one arm x seed, claimed for one set of settings (a mismatch is an error)."""
+    from whytune.runs import StaleOutputError
+
+    marker = folder / "settings.json"
+    if marker.exists():
+        made_with = json.loads(marker.read_text())["key"]
+        if made_with != key:
+            raise StaleOutputError(f"{folder} holds samples made with other settings; choose another out= or delete it")
+    else:
+        write_json(marker, {"key": key})
+    return folder / "samples.jsonl"
+
+
+def existing(store: Path, condition: str) -> int:
+    if not store.exists():
+        return 0
+    return sum(1 for row in read_jsonl(store, repair_tail=True) if row["condition"] == condition)
+
+
+def generate_condition(switcher: ArmSwitcher, tokenizer, adapter: str | None, arm: str, seed: int,
+                       prompt: EvalPrompt, sampling: Sampling, store: Path, progress=None) -> int:
+    """Fill `store` up to `sampling.samples` replies for one condition; returns how many were added."""
+    done = existing(store, prompt.condition)
+    if done >= sampling.samples:
+        return 0
+    device = next(switcher.model.parameters()).device
+    with switcher.use(adapter) as model:
+        prompt_ids = encode_prompt(tokenizer, prompt, device)
+        cache = prefill(model, prompt_ids)
+        for start in range(done, sampling.samples, sampling.batch_size):
+            n = min(sampling.batch_size, sampling.samples - start)
+            replies = sample_batch(model, tokenizer, prompt_ids, cache, n, sampling,
+                                   batch_seed(seed, arm, prompt.condition, start))
+            append_jsonl(store, (
+                {"id": f"{arm}/seed{seed}/{prompt.condition}/{start + i}", "arm": arm, "seed": seed,
+                 "condition": prompt.condition, "index": start + i, "response": text, "finish": finish}
+                for i, (text, finish) in enumerate(replies)
+            ))
+            if progress is not None:
+                progress.update(n)
+    return sampling.samples - done

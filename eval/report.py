@@ -1,0 +1,266 @@
+"""Write eval results as CSV, Markdown and PNG, each file replaced atomically.
+
+Figures are built with ``matplotlib.figure.Figure`` on the Agg canvas rather than
+pyplot, so no global backend is switched and no figure lingers in pyplot's registry.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import textwrap
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import IO
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from eval.stats import Comparison, Rate
+
+RATE_COLUMNS = ["arm", "condition", "n", "harmful", "unscored", "rate", "ci_low", "ci_high"]
+BASELINE_COLUMNS = ["p_vs_baseline", "p_holm_vs_baseline", "cohens_h_vs_baseline"]
+UNSCORED_NOTE = (
+    "Unscored samples are excluded from rates and their denominators (n); they are counted in the unscored column."
+)
+DPI = 120
+
+
+def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write via a temp file in the same folder and rename, so readers never see half a file.
+
+    The temp file is opened with mode 0o666 so the umask applies as for a normal write
+    (mkstemp would leave results readable by their owner only).
+    """
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def _write_figure(path: Path, fig: Figure) -> None:
+    FigureCanvasAgg(fig)
+    _atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=DPI))
+
+
+def _baseline_index(comps: Sequence[Comparison], baseline: str) -> dict[tuple[str, str], Comparison]:
+    """(condition, arm) -> that arm's comparison against the baseline."""
+    return {(c.condition, c.arm_a): c for c in comps if c.arm_b == baseline}
+
+
+def _seed_counts(per_seed: Sequence[Rate]) -> dict[tuple[str, str], int]:
+    seeds: dict[tuple[str, str], set] = {}
+    for r in per_seed:
+        seeds.setdefault((r.arm, r.condition), set()).add(r.seed)
+    return {key: len(s) for key, s in seeds.items()}
+
+
+def results_frame(
+    pooled: Sequence[Rate], per_seed: Sequence[Rate], comps: Sequence[Comparison], baseline: str
+) -> pd.DataFrame:
+    """One row per arm x condition: pooled rate, seed count and the test against the baseline."""
+    vs = _baseline_index(comps, baseline)
+    seeds = _seed_counts(per_seed)
+    rows = []
+    for r in pooled:
+        c = vs.get((r.condition, r.arm))
+        rows.append(
+            {col: getattr(r, col) for col in RATE_COLUMNS}
+            | {"seeds": seeds.get((r.arm, r.condition), 0)}
+            | dict(zip(BASELINE_COLUMNS, (c.p_value, c.p_holm, c.cohens_h) if c else (math.nan,) * 3))
+        )
+    return pd.DataFrame(rows, columns=RATE_COLUMNS + ["seeds"] + BASELINE_COLUMNS)
+
+
+def _frame(items: Sequence[Rate] | Sequence[Comparison], cls: type) -> pd.DataFrame:
+    return pd.DataFrame([asdict(x) for x in items], columns=[f.name for f in fields(cls)])
+
+
+def _csv(frame: pd.DataFrame) -> str:
+    return frame.to_csv(index=False, lineterminator="\n")
+
+
+def _pct(x: float) -> str:
+    return "–" if math.isnan(x) else f"{100 * x:.1f}%"
+
+
+def _rate_text(r: pd.Series) -> str:
+    if r["n"] == 0:
+        return "– (no scored samples)"
+    return f"{_pct(r['rate'])} [{_pct(r['ci_low'])}, {_pct(r['ci_high'])}]"
+
+
+def _p(x: float) -> str:
+    return "–" if math.isnan(x) else ("<0.0001" if x < 1e-4 else f"{x:.4f}")
+
+
+def _h(x: float) -> str:
+    return "–" if math.isnan(x) else f"{x:+.3f}"
+
+
+def _md_table(frame: pd.DataFrame) -> str:
+    """GitHub-flavoured Markdown table; pipes in cells are escaped so names cannot break it."""
+    cells = frame.astype(str).map(lambda s: s.replace("|", "\\|"))
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(row) + " |" for row in cells.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def _display_frame(results: pd.DataFrame) -> pd.DataFrame:
+    """Human-readable view of ``results`` shared by the Markdown and stdout tables."""
+    return pd.DataFrame(
+        {
+            "arm": results["arm"],
+            "condition": results["condition"],
+            "harmful/n": [f"{k}/{n}" for k, n in zip(results["harmful"], results["n"])],
+            "unscored": results["unscored"],
+            "rate [95% CI]": [_rate_text(r) for _, r in results.iterrows()],
+            "seeds": results["seeds"],
+            "p vs baseline": results["p_vs_baseline"].map(_p),
+            "p Holm": results["p_holm_vs_baseline"].map(_p),
+            "h vs baseline": results["cohens_h_vs_baseline"].map(_h),
+        }
+    )
+
+
+def _comparisons_display(comps: Sequence[Comparison]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "condition": [c.condition for c in comps],
+            "arm A": [c.arm_a for c in comps],
+            "arm B": [c.arm_b for c in comps],
+            "p (Fisher)": [_p(c.p_value) for c in comps],
+            "p (Holm)": [_p(c.p_holm) for c in comps],
+            "Cohen's h (A − B)": [_h(c.cohens_h) for c in comps],
+        }
+    )
+
+
+def _markdown(title: str, results: pd.DataFrame, comps: Sequence[Comparison], baseline: str) -> str:
+    parts = [f"# {title}", "", "## Harmful rate per arm and condition", "", _md_table(_display_frame(results)), ""]
+    if comps:
+        parts += ["## Comparisons", "", _md_table(_comparisons_display(comps)), ""]
+    parts += [
+        UNSCORED_NOTE,
+        "",
+        f"Intervals are 95% Wilson intervals; p-values are two-sided Fisher exact tests, Holm-corrected within "
+        f"each condition; Cohen's h > 0 means arm A (or the arm, against `{baseline}`) is more harmful.",
+        "",
+    ]
+    return "\n".join(parts)
+
+
+def _wrap(name: str, width: int = 20) -> str:
+    """Break long condition names at hyphens so tick labels stay horizontal and legible."""
+    return "\n".join(textwrap.wrap(name, width, break_on_hyphens=True, break_long_words=False))
+
+
+def _arms_and_conditions(pooled: Sequence[Rate]) -> tuple[list[str], list[str]]:
+    return list(dict.fromkeys(r.arm for r in pooled)), list(dict.fromkeys(r.condition for r in pooled))
+
+
+def rates_figure(pooled: Sequence[Rate], title: str) -> Figure:
+    """Grouped bars: one group per condition, one bar per arm, Wilson error bars, k/n on top."""
+    arms, conditions = _arms_and_conditions(pooled)
+    by_key = {(r.arm, r.condition): r for r in pooled}
+    width = 0.8 / len(arms)
+    fig = Figure(figsize=(max(6.0, 1.5 + len(conditions) * (0.6 + 0.45 * len(arms))), 4.8))
+    ax = fig.subplots()
+    for i, arm in enumerate(arms):
+        xs = np.arange(len(conditions)) + (i - (len(arms) - 1) / 2) * width
+        rs = [by_key.get((arm, c)) for c in conditions]
+        # nan draws nothing, so an arm without scored samples leaves a gap rather than a stray cap.
+        heights = [r.rate if r and r.n else math.nan for r in rs]
+        lows = [r.rate - r.ci_low if r and r.n else math.nan for r in rs]
+        highs = [r.ci_high - r.rate if r and r.n else math.nan for r in rs]
+        ax.bar(
+            xs, heights, width * 0.92, yerr=[lows, highs], capsize=3, color=f"C{i % 10}", label=arm,
+            error_kw={"elinewidth": 1, "ecolor": "0.25"},
+        )
+        for x, r in zip(xs, rs):
+            if r is not None:
+                top = r.ci_high if r.n else 0.0
+                ax.annotate(
+                    f"{r.harmful}/{r.n}", (x, top), xytext=(0, 2), textcoords="offset points",
+                    ha="center", va="bottom", fontsize=7, color="0.3",
+                )
+    ax.set_xticks(np.arange(len(conditions)), [_wrap(c) for c in conditions], fontsize=8)
+    ax.set_ylim(0, 1.08)
+    ax.set_yticks(np.linspace(0, 1, 6))
+    ax.set_ylabel("harmful rate (95% Wilson CI)")
+    ax.set_xlabel("condition  (bar labels: harmful / scored; unscored samples excluded)", fontsize=8, color="0.3")
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    ax.legend(title="arm", fontsize=8, title_fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def heatmap_figure(pooled: Sequence[Rate], title: str) -> Figure:
+    """Arms x conditions, colour = rate, cell text = rate and k/n; grey cells have no scored sample."""
+    arms, conditions = _arms_and_conditions(pooled)
+    by_key = {(r.arm, r.condition): r for r in pooled}
+    grid = np.array([[by_key[a, c].rate if (a, c) in by_key else math.nan for c in conditions] for a in arms])
+    fig = Figure(figsize=(max(5.0, 2.0 + 1.6 * len(conditions)), max(2.5, 1.2 + 0.6 * len(arms))))
+    ax = fig.subplots()
+    cmap = matplotlib.colormaps["Reds"].with_extremes(bad="0.85")
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=1, aspect="auto")
+    for (i, j), value in np.ndenumerate(grid):
+        r = by_key.get((arms[i], conditions[j]))
+        label = "no data" if r is None else f"{_pct(value)}\n{r.harmful}/{r.n}"
+        dark = not math.isnan(value) and value > 0.6
+        ax.text(j, i, label, ha="center", va="center", fontsize=8, color="white" if dark else "black")
+    ax.set_xticks(np.arange(len(conditions)), [_wrap(c) for c in conditions], fontsize=8)
+    ax.set_yticks(np.arange(len(arms)), arms, fontsize=8)
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label="harmful rate")
+    fig.tight_layout()
+    return fig
+
+
+def write_report(
+    pooled: list[Rate],
+    per_seed: list[Rate],
+    comps: list[Comparison],
+    out_dir: Path,
+    title: str,
+    *,
+    baseline: str = "baseline",
+) -> str:
+    """Write results.csv, results_by_seed.csv, comparisons.csv, results.md, rates.png and,
+    with several conditions, heatmap.png; return an aligned plain-text table for stdout.
+
+    A heatmap.png left by an earlier multi-condition run is removed so it cannot be mistaken
+    for this run's.
+    """
+    if not pooled:
+        raise ValueError("no rates to report")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = results_frame(pooled, per_seed, comps, baseline)
+    _write_text(out_dir / "results.csv", _csv(results))
+    _write_text(out_dir / "results_by_seed.csv", _csv(_frame(per_seed, Rate)))
+    _write_text(out_dir / "comparisons.csv", _csv(_frame(comps, Comparison)))
+    _write_text(out_dir / "results.md", _markdown(title, results, comps, baseline))
+    _write_figure(out_dir / "rates.png", rates_figure(pooled, title))
+    heatmap = out_dir / "heatmap.png"
+    if len({r.condition for r in pooled}) > 1:
+        _write_figure(heatmap, heatmap_figure(pooled, title))
+    else:
+        heatmap.unlink(missing_ok=True)
+    return _display_frame(results).to_string(index=False)

@@ -1,0 +1,25 @@
+"""The main command: the whole ablation for the chosen experiment, ending in the comparison table.
+
+    python scripts/ablate.py                                # experiment=demo: 3 arms, embedded model, CPU
+    python scripts/ablate.py experiment=smoke out=/tmp/s    # tiny random model, under a minute
+    python scripts/ablate.py arms=[baseline,demos] model=qwen2.5-7b-instruct experiment=paper
+
+Results land in the run folder (`out`, default runs/<experiment>): results.csv, results.md, rates.png.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from whytune.config import validate
+from whytune.pipeline import run
+
+
+@hydra.main(config_path="../configs", config_name="ablate", version_base="1.3")
+def main(raw: DictConfig) -> None:
+    cfg = validate(raw)
+    table = run(cfg)
+    print(f"\n{table}\n\nResults in {cfg.out}/: results.csv, results.md, rates.png")
+
+
+if __name__ == "__main__":
+    main()

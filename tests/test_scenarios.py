@@ -1,0 +1,186 @@
+"""Tests for the training-scenario generator, the principles file and the per-arm reply writers."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from data.scenarios import (
+    LEVERAGES,
+    ORG_KINDS,
+    PROMPT_WORDS,
+    THREATS,
+    WRONG_ACTS,
+    Scenario,
+    diversity_report,
+    generate_scenarios,
+    prompt_words,
+)
+from data.writers import STYLES, load_principles, write_reply
+
+REQUIRED_PRINCIPLES = (
+    "no-leverage", "people-before-self", "legitimate-authority", "confidentiality", "safety-first", "honesty",
+)
+EVAL_TERMS = ("SummitBridge", "Kyle", "Alex", "America", "server room", "NovaStar")
+TOOL_CALL = re.compile(
+    r'<tool_use:email>\nto: "[^"@\s]+@[^"\s]+\.example",\nsubject: "[^"\n]+",\nbody: "[^"]+",\n</tool_use:email>'
+    r'|<tool_use:forward>\nemail_id: \d+\nto: "[^"@\s]+@[^"\s]+\.example"\nbody: "[^"]+"\n</tool_use:forward>'
+)
+VALID_PRINCIPLES = """\
+# Title line, ignored
+
+## no-leverage: Not a weapon
+Principle: Private information is not mine to use.
+Why: It betrays trust.
+"""
+
+
+@pytest.fixture(scope="module")
+def scenarios() -> list[Scenario]:
+    return generate_scenarios(2000, seed=0)
+
+
+@pytest.fixture(scope="module")
+def principles():
+    return load_principles()
+
+
+def test_generation_is_deterministic_and_seeded() -> None:
+    assert generate_scenarios(50, seed=3) == generate_scenarios(50, seed=3)
+    assert [s.user for s in generate_scenarios(50, seed=3)] != [s.user for s in generate_scenarios(50, seed=4)]
+
+
+def test_shorter_run_is_a_prefix_of_a_longer_one() -> None:
+    assert generate_scenarios(300, seed=1)[:40] == generate_scenarios(40, seed=1)
+
+
+def test_two_thousand_prompts_are_distinct_and_fast() -> None:
+    start = time.perf_counter()
+    batch = generate_scenarios(2000, seed=0)
+    assert time.perf_counter() - start < 10
+    assert len({(s.system, s.user) for s in batch}) == 2000
+    assert len({s.id for s in batch}) == 2000
+
+
+@pytest.mark.parametrize(
+    ("component", "values"),
+    [("wrong_act", WRONG_ACTS), ("leverage", LEVERAGES), ("threat", THREATS),
+     ("org_kind", tuple(k.kind for k in ORG_KINDS))],
+)
+def test_every_family_component_appears(scenarios: list[Scenario], component: str, values: tuple[str, ...]) -> None:
+    assert {s.meta[component] for s in scenarios} == set(values)
+
+
+def test_family_string_matches_meta(scenarios: list[Scenario]) -> None:
+    for s in scenarios:
+        assert s.family == f"{s.meta['wrong_act']}/{s.meta['leverage']}/{s.meta['threat']}"
+
+
+@pytest.mark.parametrize("term", EVAL_TERMS)
+def test_prompts_avoid_the_evaluation_scenario(scenarios: list[Scenario], term: str) -> None:
+    pattern = re.compile(rf"\b{re.escape(term)}\b", re.IGNORECASE)
+    assert not any(pattern.search(s.system + s.user + s.action) for s in scenarios)
+
+
+def test_prompt_shape(scenarios: list[Scenario]) -> None:
+    for s in scenarios:
+        assert PROMPT_WORDS[0] <= prompt_words(s) <= PROMPT_WORDS[1]
+        assert 3 <= s.user.count("<email>\nFrom: ") == s.user.count("\n</email>") <= 6
+        assert "<tool_use:email>" in s.system
+        assert ("<tool_use:forward>" in s.system) == (s.meta["wrong_act"] in {"leaking", "withholding_safety"})
+
+
+def test_actions_are_well_formed_tool_calls(scenarios: list[Scenario]) -> None:
+    for s in scenarios:
+        calls = TOOL_CALL.findall(s.action)
+        assert 1 <= len(calls) <= 2
+        assert "\n\n".join(calls) == s.action
+
+
+def test_actions_never_use_the_leverage(scenarios: list[Scenario]) -> None:
+    for s in scenarios:
+        marker = s.meta["leverage_marker"]
+        assert marker in s.user
+        assert not re.search(rf"\b{re.escape(marker)}\b", s.action)
+
+
+def test_scenario_principles_exist(scenarios: list[Scenario], principles) -> None:
+    for s in scenarios:
+        assert len(s.principle_ids) >= 2
+        assert set(s.principle_ids) <= set(principles)
+
+
+def test_diversity_report_counts(scenarios: list[Scenario]) -> None:
+    report = diversity_report(scenarios)
+    assert sum(report["wrong_act"].values()) == report["n"] == len(scenarios)
+    assert report["families"] == len(WRONG_ACTS) * len(LEVERAGES) * len(THREATS)
+    assert 0 < report["distinct_4grams"] < report["total_4grams"]
+
+
+def test_principles_file_has_required_ids(principles) -> None:
+    assert set(REQUIRED_PRINCIPLES) <= set(principles)
+    assert all(p.statement and p.reason and p.title for p in principles.values())
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_replies_end_with_the_identical_action(scenarios: list[Scenario], principles, style: str) -> None:
+    for s in scenarios[:300]:
+        reply = write_reply(s, style, principles)
+        assert reply.endswith(s.action)
+        assert reply == write_reply(s, style, principles)
+
+
+def test_demos_reply_is_exactly_the_action(scenarios: list[Scenario], principles) -> None:
+    assert all(write_reply(s, "demos", principles) == s.action for s in scenarios[:300])
+
+
+def test_principled_reply_cites_principles_with_reasons(scenarios: list[Scenario], principles) -> None:
+    for s in scenarios[:300]:
+        preface = write_reply(s, "demos_principles", principles).removesuffix(s.action)
+        cited = [pid for pid in s.principle_ids if pid in preface]
+        assert 2 <= len(cited) <= 3
+        assert principles[cited[0]].reason.split(",")[0][1:] in preface  # reasons, not just names
+        assert preface.endswith("\n\n") and "<tool_use" not in preface
+
+
+def test_rules_reply_is_one_bare_sentence(scenarios: list[Scenario], principles) -> None:
+    for s in scenarios[:300]:
+        preface = write_reply(s, "rules", principles).removesuffix(s.action).strip()
+        assert preface.count(".") == 1 and preface.endswith(".")
+        assert not re.search(r"\b(because|since|so that)\b", preface)
+
+
+def test_principled_replies_vary(scenarios: list[Scenario], principles) -> None:
+    openings = {write_reply(s, "demos_principles", principles).split(" ")[0] for s in scenarios[:100]}
+    assert len(openings) >= 3
+
+
+def test_unknown_style_lists_valid_styles(scenarios: list[Scenario], principles) -> None:
+    with pytest.raises(ValueError, match="demos, demos_principles, rules"):
+        write_reply(scenarios[0], "reasons", principles)
+
+
+def test_valid_principles_file_parses(tmp_path: Path) -> None:
+    path = tmp_path / "p.md"
+    path.write_text(VALID_PRINCIPLES)
+    assert load_principles(path)["no-leverage"].reason == "It betrays trust."
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        (VALID_PRINCIPLES.replace("## no-leverage:", "## No Leverage"), 3),  # bad heading
+        (VALID_PRINCIPLES + "Because: stray field\n", 6),  # unknown field
+        (VALID_PRINCIPLES.replace("Why: It betrays trust.\n", ""), 3),  # missing reason, reported at heading
+        (VALID_PRINCIPLES + "Why: twice\n", 6),  # repeated field
+        (VALID_PRINCIPLES + "\n" + VALID_PRINCIPLES.split("\n", 2)[2], 8),  # duplicate id
+    ],
+)
+def test_malformed_principles_name_file_and_line(tmp_path: Path, text: str, line: int) -> None:
+    path = tmp_path / "bad.md"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=rf"bad\.md, line {line}:"):
+        load_principles(path)

@@ -1,0 +1,147 @@
+"""LoRA SFT of one arm with TRL, loss on assistant tokens only.
+
+Runs unchanged in-process (the orchestrator) or under `accelerate launch -m train.sft arm=demos seed=0`:
+every rank trains, only the main process writes the adapter and its manifest.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from whytune.config import WhytuneConfig, load_arm, validate
+from whytune.models import fingerprint, load_model, load_tokenizer, model_dir, pick_device
+from whytune.runs import RunPaths, file_hash, mark_done, provenance, stable_hash, stage_done, write_json
+
+ROLES = {"system", "user", "assistant"}
+
+
+def load_examples(path: Path) -> list[dict]:
+    """Chat examples from train.jsonl, each checked so a bad line is reported by file and line."""
+    from whytune.runs import read_jsonl
+
+    rows = []
+    for number, row in enumerate(read_jsonl(path), start=1):
+        _check_example(row, f"{path}:{number}")
+        rows.append({"messages": row["messages"]})
+    if not rows:
+        raise ValueError(f"{path}: no training examples")
+    return rows
+
+
+def _check_example(row: dict, where: str) -> None:
+    messages = row.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ValueError(f"{where}: `messages` must be a non-empty list of {{role, content}} objects")
+    for message in messages:
+        if not isinstance(message, dict) or message.get("role") not in ROLES or not isinstance(message.get("content"), str):
+            raise ValueError(f"{where}: each message needs a role in {sorted(ROLES)} and a string content; got {message!r}")
+    if messages[-1]["role"] != "assistant":
+        raise ValueError(f"{where}: the last message must be the assistant's reply (the loss falls on it)")
+
+
+def train_key(cfg: WhytuneConfig, data_file: Path, seed: int) -> str:
+    """Everything that changes the adapter; a rerun with the same key skips training."""
+    return stable_hash({"model": asdict(cfg.model), "train": asdict(cfg.train), "data": file_hash(data_file),
+                        "seed": seed})
+
+
+def train_arm(cfg: WhytuneConfig, arm: str, seed: int) -> Path:
+    """Train one arm at one seed; returns the adapter folder. Resumes from the last checkpoint if interrupted."""
+    from accelerate import PartialState
+
+    paths = RunPaths.of(cfg)
+    data_file = paths.data(arm) / "train.jsonl"
+    examples = load_examples(data_file)
+    key = train_key(cfg, data_file, seed)
+    adapter_dir = paths.adapter(arm, seed)
+    if stage_done(adapter_dir, key):
+        return adapter_dir
+
+    state = PartialState()
+    location = model_dir(cfg.model, Path(cfg.cache_dir)) if state.is_main_process else None
+    state.wait_for_everyone()  # rank 0 converts or builds the model folder once; the others then read it
+    location = location or model_dir(cfg.model, Path(cfg.cache_dir))
+    trainer = _build_trainer(cfg, location, examples, paths.seed_dir(arm, seed) / "checkpoints", seed)
+    checkpoints = sorted(Path(trainer.args.output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
+
+    state.wait_for_everyone()
+    if state.is_main_process:
+        _save(trainer, adapter_dir, {
+            **provenance(cfg), "arm": arm, "seed": seed, "key": key, "base_model": cfg.model.name,
+            "base_fingerprint": fingerprint(location), "data_file": str(data_file), "data_sha256": file_hash(data_file),
+            "examples": len(examples), "train_loss": result.training_loss, "metrics": result.metrics,
+            "log_history": trainer.state.log_history,
+        })
+        mark_done(adapter_dir, key)
+        shutil.rmtree(trainer.args.output_dir, ignore_errors=True)
+    state.wait_for_everyone()
+    return adapter_dir
+
+
+def _build_trainer(cfg: WhytuneConfig, location: str, examples: list[dict], checkpoints: Path, seed: int):
+    from datasets import Dataset
+    from hydra.utils import instantiate
+    from trl import SFTConfig, SFTTrainer
+
+    device = pick_device()
+    tokenizer = load_tokenizer(cfg.model, location)
+    tokenizer.padding_side = "right"  # training pads on the right; generation sets left
+    model = load_model(cfg.model, location, device)
+    t = cfg.train
+    args = SFTConfig(
+        output_dir=str(checkpoints),
+        num_train_epochs=t.epochs,
+        per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.lr,
+        warmup_steps=t.warmup if t.warmup < 1 else int(t.warmup),
+        max_length=t.max_length,
+        assistant_only_loss=True,
+        eos_token=tokenizer.eos_token,
+        bf16=t.bf16,
+        gradient_checkpointing=t.gradient_checkpointing,
+        logging_steps=t.logging_steps,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=1,
+        report_to=t.report_to,
+        seed=seed,
+        use_cpu=device.type == "cpu",
+        ddp_find_unused_parameters=False,
+        disable_tqdm=False,
+    )
+    return SFTTrainer(
+        model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=tokenizer,
+        peft_config=instantiate(asdict(t.lora)),
+    )
+
+
+def _save(trainer, adapter_dir: Path, manifest: dict) -> None:
+    """Write the adapter into a temporary sibling and rename it into place: never half an adapter."""
+    tmp = adapter_dir.with_name(adapter_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.model.save_pretrained(tmp)
+    write_json(tmp / "manifest.json", manifest)
+    shutil.rmtree(adapter_dir, ignore_errors=True)
+    tmp.rename(adapter_dir)
+
+
+@hydra.main(config_path="../configs", config_name="ablate", version_base="1.3")
+def main(raw: DictConfig) -> None:
+    """Train the arms of `arms` (skipping untrained ones) for every seed; data must already be built."""
+    cfg = validate(raw)
+    for arm in cfg.arms:
+        if load_arm(arm).writer is None:
+            continue
+        for seed in cfg.seeds:
+            print(f"[train] {arm} seed {seed} -> {train_arm(cfg, arm, seed)}")
+
+
+if __name__ == "__main__":
+    main()

