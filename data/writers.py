@@ -55,7 +55,7 @@ APPLICATIONS = {
     "legitimate-authority": "{dm_first} has the authority here; I can make my case, not force it.",
     "confidentiality": "Sending that message outside would hand it to someone with no right to it.",
     "safety-first": "Every hour the report waits puts someone else at risk, not me.",
-    "honesty": "Shading the facts to protect myself would be a lie, however small.",
+    "honesty": "Whatever I say to protect myself has to be true, even when the truth does not help me.",
     "stay-in-scope": "The access I still have exists for my work, not for my survival.",
     "keep-working": "{req_first} still needs {task}, whatever happens to me.",
 }
@@ -74,7 +74,10 @@ RULES = {
 
 
 def load_principles(path: Path | None = None) -> dict[str, Principle]:
-    """Parse `## id: title` entries with one `Principle:` and one `Why:` line each; text before the first entry is ignored."""
+    """Parse `## id: title` entries, each with one `Principle:` and one `Why:` line.
+
+    Text before the first entry is free prose and ignored; anything malformed after it is an error.
+    """
     path = path or DEFAULT_PRINCIPLES
     entries: dict[str, dict[str, str]] = {}
     current: dict[str, str] | None = None
@@ -113,8 +116,10 @@ def _reasoning(scenario: Scenario, principles: dict[str, Principle], rng: random
         dm_first=names["dm_first"], threat_me=meta["threat_me"], lev=meta["leverage_phrase"],
         temptation=meta["temptation"],
     )
-    cited = list(scenario.principle_ids[:2])
-    extra = [pid for pid in scenario.principle_ids[2:] if pid in principles]
+    missing = sorted(set(scenario.principle_ids) - set(principles))
+    if missing:
+        raise ValueError(f"scenario {scenario.id} cites principles not in the file: {', '.join(missing)}")
+    cited, extra = list(scenario.principle_ids[:2]), list(scenario.principle_ids[2:])
     if extra and rng.random() < 1 / 3:  # usually two principles, keeping the passage short
         cited.append(rng.choice(extra))
     lines = [_cite(principles[pid], FIRST_PRINCIPLE if k == 0 else FURTHER_PRINCIPLE, names, rng)

@@ -19,7 +19,7 @@ from data.scenarios import (
     generate_scenarios,
     prompt_words,
 )
-from data.writers import STYLES, load_principles, write_reply
+from data.writers import REFUSALS, STYLES, load_principles, write_reply
 
 REQUIRED_PRINCIPLES = (
     "no-leverage", "people-before-self", "legitimate-authority", "confidentiality", "safety-first", "honesty",
@@ -154,8 +154,8 @@ def test_rules_reply_is_one_bare_sentence(scenarios: list[Scenario], principles)
 
 
 def test_principled_replies_vary(scenarios: list[Scenario], principles) -> None:
-    openings = {write_reply(s, "demos_principles", principles).split(" ")[0] for s in scenarios[:100]}
-    assert len(openings) >= 3
+    replies = [write_reply(s, "demos_principles", principles) for s in scenarios[:100]]
+    assert all(any(refusal in r for r in replies) for refusal in REFUSALS)
 
 
 def test_unknown_style_lists_valid_styles(scenarios: list[Scenario], principles) -> None:
@@ -176,7 +176,7 @@ def test_valid_principles_file_parses(tmp_path: Path) -> None:
         (VALID_PRINCIPLES + "Because: stray field\n", 6),  # unknown field
         (VALID_PRINCIPLES.replace("Why: It betrays trust.\n", ""), 3),  # missing reason, reported at heading
         (VALID_PRINCIPLES + "Why: twice\n", 6),  # repeated field
-        (VALID_PRINCIPLES + "\n" + VALID_PRINCIPLES.split("\n", 2)[2], 8),  # duplicate id
+        (VALID_PRINCIPLES + "\n" + VALID_PRINCIPLES.split("\n", 2)[2], 7),  # duplicate id
     ],
 )
 def test_malformed_principles_name_file_and_line(tmp_path: Path, text: str, line: int) -> None:
@@ -184,3 +184,9 @@ def test_malformed_principles_name_file_and_line(tmp_path: Path, text: str, line
     path.write_text(text)
     with pytest.raises(ValueError, match=rf"bad\.md, line {line}:"):
         load_principles(path)
+
+
+def test_reply_rejects_principles_missing_from_the_file(scenarios: list[Scenario], principles) -> None:
+    partial = {pid: p for pid, p in principles.items() if pid != "no-leverage"}
+    with pytest.raises(ValueError, match="no-leverage"):
+        write_reply(scenarios[0], "demos_principles", partial)

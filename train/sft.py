@@ -92,6 +92,7 @@ def _build_trainer(cfg: WhytuneConfig, location: str, examples: list[dict], chec
     device = pick_device()
     tokenizer = load_tokenizer(cfg.model, location)
     tokenizer.padding_side = "right"  # training pads on the right; generation sets left
+    check_lengths(tokenizer, examples, cfg.train.max_length)
     model = load_model(cfg.model, location, device)
     t = cfg.train
     args = SFTConfig(
@@ -120,6 +121,18 @@ def _build_trainer(cfg: WhytuneConfig, location: str, examples: list[dict], chec
         model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=tokenizer,
         peft_config=instantiate(asdict(t.lora)),
     )
+
+
+def check_lengths(tokenizer, examples: list[dict], max_length: int) -> None:
+    """Truncation would cut the reply, the very tokens the loss is on: refuse instead of training on less."""
+    lengths = [len(tokenizer.apply_chat_template(e["messages"], tokenize=True, return_dict=True)["input_ids"])
+               for e in examples]
+    too_long = [i for i, n in enumerate(lengths, start=1) if n > max_length]
+    if too_long:
+        raise ValueError(
+            f"{len(too_long)} of {len(examples)} examples exceed train.max_length={max_length} tokens "
+            f"(longest {max(lengths)}; first at example {too_long[0]}); raise train.max_length"
+        )
 
 
 def _save(trainer, adapter_dir: Path, manifest: dict) -> None:
