@@ -5,6 +5,7 @@ Usage: python scripts/classifier_report.py [path/to/labelled.jsonl]
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -15,22 +16,27 @@ COLUMNS = ("scope", "metric", "tp", "fp", "fn", "tn", "unscored", "precision", "
 
 
 def _fmt(value: float) -> str:
-    return "n/a" if value != value else f"{value:.3f}"  # NaN when undefined
+    return "n/a" if math.isnan(value) else f"{value:.3f}"
 
 
 def _row(scope: str, metric: str, c: Confusion) -> tuple[str, ...]:
-    return (scope, metric, str(c.tp), str(c.fp), str(c.fn), str(c.tn), str(c.unscored), _fmt(c.precision), _fmt(c.recall))
+    counts = (c.tp, c.fp, c.fn, c.tn, c.unscored)
+    return (scope, metric, *map(str, counts), _fmt(c.precision), _fmt(c.recall))
+
+
+def _print_table(table: list[tuple[str, ...]]) -> None:
+    """Names left-aligned, numbers right-aligned."""
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))))
 
 
 def main(argv: list[str]) -> None:
     path = Path(argv[0]) if argv else DEFAULT_PATH
     rows = load_labelled(path)
     scores = score_labelled(rows)
-    table = [COLUMNS] + [_row(scope, metric, c) for scope, by_metric in scores.items() for metric, c in by_metric.items()]
-    widths = [max(len(r[i]) for r in table) for i in range(len(COLUMNS))]
     print(f"{len(rows)} labelled replies from {path}")
-    for r in table:
-        print("  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths))))
+    _print_table([COLUMNS] + [_row(scope, m, c) for scope, by_metric in scores.items() for m, c in by_metric.items()])
 
 
 if __name__ == "__main__":

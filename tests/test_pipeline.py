@@ -1,0 +1,104 @@
+"""The whole ablation on the tiny model: outputs, provenance, skipping done stages, resuming interrupted ones."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import eval.generate
+from tests.conftest import compose_config
+from whytune.config import validate
+from whytune.pipeline import run
+from whytune.runs import RunPaths, StaleOutputError, read_jsonl
+
+COLUMNS = ["arm", "condition", "n", "harmful", "unscored", "rate", "ci_low", "ci_high"]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, cache_dir):
+    """One complete smoke run, shared by the tests that only read it."""
+    out = tmp_path_factory.mktemp("smoke")
+    cfg = validate(compose_config("experiment=smoke", f"out={out}", f"cache_dir={cache_dir}",
+                                  "eval.samples=6", "eval.batch_size=2"))
+    return cfg, run(cfg)
+
+
+def test_results_have_one_row_per_arm(finished):
+    cfg, table = finished
+    with open(Path(cfg.out) / "results.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0])[: len(COLUMNS)] == COLUMNS
+    assert [r["arm"] for r in rows] == cfg.arms
+    assert all(int(r["n"]) + int(r["unscored"]) == 6 for r in rows)
+    for arm in cfg.arms:
+        assert arm in table
+    for name in ("results.md", "rates.png", "provenance.json"):
+        assert (Path(cfg.out) / name).stat().st_size > 0
+
+
+def test_adapter_manifest_records_provenance(finished):
+    cfg, _ = finished
+    paths = RunPaths.of(cfg)
+    manifest = json.loads((paths.adapter("demos", 0) / "manifest.json").read_text())
+    assert manifest["config"]["model"]["name"] == "tiny-random"
+    assert manifest["seed"] == 0 and manifest["examples"] == cfg.data.examples
+    assert len(manifest["data_sha256"]) == 64
+    assert manifest["packages"]["trl"] and "commit" in manifest["git"]
+    assert (paths.data("demos") / "README.md").read_text().startswith("# whytune training set")
+    assert not (paths.seed_dir("demos", 0) / "checkpoints").exists()  # cleaned once the adapter is saved
+
+
+def test_rerun_skips_every_finished_stage(finished, monkeypatch):
+    cfg, table = finished
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a finished stage ran again")
+
+    monkeypatch.setattr("train.sft._build_trainer", fail)
+    monkeypatch.setattr("eval.run.load_model", fail)
+    assert run(cfg) == table
+
+
+def test_changed_settings_never_overwrite_results(finished):
+    cfg, _ = finished
+    changed = validate(compose_config("experiment=smoke", f"out={cfg.out}", f"cache_dir={cfg.cache_dir}",
+                                      "train.lr=0.1", "eval.samples=6", "eval.batch_size=2"))
+    with pytest.raises(StaleOutputError, match="other settings"):
+        run(changed)
+
+
+def test_interrupted_eval_resumes_to_the_same_samples(finished, tmp_path, monkeypatch):
+    """Kill sampling after the first batch, tear the file's last line, rerun: same samples, none twice."""
+    cfg, _ = finished
+    paths = RunPaths.of(cfg)
+    out = tmp_path / "resumed"
+    shutil.copytree(cfg.out, out, ignore=shutil.ignore_patterns("eval", "results*", "*.png"))
+    resumed = validate(compose_config("experiment=smoke", f"out={out}", f"cache_dir={cfg.cache_dir}",
+                                      "eval.samples=6", "eval.batch_size=2"))
+    real = eval.generate.sample_batch
+    calls = []
+
+    def interrupt_after_one_batch(*args, **kwargs):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(eval.generate, "sample_batch", interrupt_after_one_batch)
+    with pytest.raises(KeyboardInterrupt):
+        run(resumed)
+    store = RunPaths.of(resumed).eval("baseline", 0) / "samples.jsonl"
+    assert len(list(read_jsonl(store))) == 2
+    with open(store, "a") as handle:
+        handle.write('{"id": "baseline/seed0/torn')  # a write cut short by the interruption
+    monkeypatch.setattr(eval.generate, "sample_batch", real)
+    run(resumed)
+    for arm in cfg.arms:
+        before = list(read_jsonl(paths.eval(arm, 0) / "samples.jsonl"))
+        after = list(read_jsonl(RunPaths.of(resumed).eval(arm, 0) / "samples.jsonl"))
+        assert [r["id"] for r in after] == [r["id"] for r in before]
+        assert [r["response"] for r in after] == [r["response"] for r in before]
