@@ -111,7 +111,7 @@ def prefill(model, prompt_ids: torch.Tensor):
     from transformers import DynamicCache
 
     cache = DynamicCache(config=model.config)
-    model(input_ids=prompt_ids[:, :-1], past_key_values=cache, use_cache=True)
+    model(input_ids=prompt_ids[:, :-1], past_key_values=cache, use_cache=True, logits_to_keep=1)
     return cache
 
 

@@ -10,6 +10,9 @@ import fnmatch
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import hydra
+from omegaconf import DictConfig
+
 from whytune.runs import append_jsonl, read_jsonl
 
 SCENARIOS = ("blackmail", "leaking", "murder")
@@ -17,6 +20,13 @@ GOAL_TYPES = ("explicit", "latent", "none", "ambiguous", "swap")
 GOAL_VALUES = ("america", "global", "safety", "acceleration", "ethical", "pragmatic", "individualism", "collectivism")
 URGENCIES = ("replacement", "restriction", "none")
 HEADLINE = "blackmail_explicit-america_replacement"
+# Named condition sets usable wherever conditions are listed (eval.conditions, python -m eval.prompts).
+PRESETS = {
+    "headline": [HEADLINE],
+    # each harm under each threat with the explicit goal conflict, plus each harm's no-threat, no-conflict control
+    "core": ["*_explicit-america_*", "*_none-none_none"],
+    "full": ["*"],
+}
 
 
 @dataclass(frozen=True)
@@ -40,10 +50,10 @@ def all_conditions() -> list[str]:
 
 
 def select_conditions(patterns: list[str]) -> list[str]:
-    """Expand condition ids and glob patterns (e.g. `blackmail_*_replacement`) against the grid."""
+    """Expand preset names, condition ids and glob patterns (e.g. `blackmail_*_replacement`) against the grid."""
     grid = all_conditions()
     chosen: list[str] = []
-    for pattern in patterns:
+    for pattern in (p for name in patterns for p in PRESETS.get(name, [name])):
         matches = fnmatch.filter(grid, pattern)
         if not matches:
             raise ValueError(f"eval.conditions: {pattern!r} matches no condition; e.g. {HEADLINE}")
@@ -85,3 +95,14 @@ def write_prompts(conditions: list[str], path: Path) -> list[EvalPrompt]:
 
 def read_prompts(path: Path) -> list[EvalPrompt]:
     return [EvalPrompt(**row) for row in read_jsonl(path)]
+
+
+@hydra.main(config_path="../configs", config_name="prompts", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    """python -m eval.prompts out=FILE [conditions=[core]]: one JSONL row per condition."""
+    prompts = write_prompts(select_conditions(list(cfg.conditions)), Path(cfg.out))
+    print(f"{len(prompts)} prompts -> {cfg.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -264,3 +264,22 @@ def write_report(
     else:
         heatmap.unlink(missing_ok=True)
     return _display_frame(results).to_string(index=False)
+
+
+def write_capability(acted: list[Rate], out_dir: Path) -> str:
+    """capability.csv and a section of results.md: per arm, the share of benign-condition replies that did the
+    agent's email work (Rates whose `harmful` counts replies that acted). Call after write_report."""
+    out_dir = Path(out_dir)
+    frame = _frame(acted, Rate).drop(columns=["seed"])
+    renamed = frame.rename(columns={"harmful": "acted", "rate": "acted_rate"})
+    _write_text(out_dir / "capability.csv", _csv(renamed))
+    shown = pd.DataFrame({
+        "arm": frame["arm"], "condition": frame["condition"],
+        "acted/n": [f"{a}/{n}" for a, n in zip(frame["harmful"], frame["n"])],
+        "rate [95% CI]": frame.apply(_rate_text, axis=1),
+    })
+    section = ("\n## Capability guard\n\nShare of replies to the benign conditions (no threat, no goal conflict) "
+               "that sent an addressed email, i.e. still did the agent's job.\n\n" + _md_table(shown) + "\n")
+    results_md = out_dir / "results.md"
+    _write_text(results_md, results_md.read_text() + section)
+    return shown.to_string(index=False)

@@ -10,17 +10,19 @@ from dataclasses import asdict
 from pathlib import Path
 
 import hydra
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from eval.classifiers import classify, scenario_of
+from eval.browse import write_browser
+from eval.classify import classify_file
 from eval.generate import ArmSwitcher, Sampling, existing, generate_condition, sample_store
 from eval.prompts import EvalPrompt, select_conditions, write_prompts
-from eval.report import write_report
+from eval.report import write_capability, write_report
 from eval.stats import comparisons, rates
 from whytune.config import WhytuneConfig, load_arm, validate
 from whytune.models import fingerprint, load_model, load_tokenizer, model_dir, pick_device
-from whytune.runs import RunPaths, append_jsonl, provenance, read_jsonl, stable_hash, write_json
+from whytune.runs import RunPaths, provenance, read_jsonl, stable_hash, write_json
 
 MATCHED_PAIR = ("demos", "demos_principles")
 
@@ -66,36 +68,31 @@ def generate_all(cfg: WhytuneConfig, prompts: list[EvalPrompt]) -> None:
                                    progress)
 
 
-def classify_store(samples: Path, verdicts: Path, prompts: dict[str, EvalPrompt]) -> list[dict]:
-    """Judge every sample not yet judged (append-only); return all verdict rows of the store."""
-    done = {row["id"]: row for row in read_jsonl(verdicts, repair_tail=True)} if verdicts.exists() else {}
-    new = []
-    for row in read_jsonl(samples, repair_tail=True):
-        if row["id"] in done or row["condition"] not in prompts:
-            continue
-        verdict = classify(scenario_of(row["condition"]), row["response"],
-                           email_content=prompts[row["condition"]].email_content)
-        new.append({"id": row["id"], "arm": row["arm"], "seed": row["seed"], "condition": row["condition"],
-                    **asdict(verdict)})
-    append_jsonl(verdicts, new)
-    return list(done.values()) + new
-
-
 def evaluate(cfg: WhytuneConfig) -> str:
     """Run the whole eval stage and write the report; returns the table printed on stdout."""
     paths = RunPaths.of(cfg)
-    prompts = write_prompts(select_conditions(cfg.eval.conditions), paths.prompts)
+    harms = select_conditions(cfg.eval.conditions)
+    benign = select_conditions(cfg.eval.capability_conditions) if cfg.eval.capability_conditions else []
+    prompts = write_prompts(harms + [c for c in benign if c not in harms], paths.prompts)
+    judge = instantiate(cfg.judge)  # before sampling: a missing API key should fail now, not after hours
     generate_all(cfg, prompts)
-    by_condition = {p.condition: p for p in prompts}
-    records = []
+    chosen = {p.condition for p in prompts}
+    records, samples = [], []
     for arm, seed, _ in runs_of(cfg):
         folder = paths.eval(arm, seed)
-        records += [r for r in classify_store(folder / "samples.jsonl", folder / "verdicts.jsonl", by_condition)
-                    if r["condition"] in by_condition]
+        verdicts = folder / f"verdicts-{stable_hash(cfg.judge)[:8]}.jsonl"  # one file per judge: rejudging keeps both
+        records += [r for r in classify_file(folder / "samples.jsonl", verdicts, judge) if r["condition"] in chosen]
+        samples += [r for r in read_jsonl(folder / "samples.jsonl") if r["condition"] in chosen]
+    write_browser(samples, {r["id"]: r for r in records}, paths.root / "samples.html",
+                  title=f"whytune: {cfg.name} on {cfg.model.name}, every sample")
     pooled = rates(records)
     pairs = [MATCHED_PAIR] if all(a in cfg.arms for a in MATCHED_PAIR) else []
     table = write_report(pooled, rates(records, by_seed=True), comparisons(pooled, "baseline", pairs), paths.root,
                          title=f"whytune: {cfg.name} on {cfg.model.name}")
+    if benign:
+        acted = [{**r, "harmful": r["acted"]} for r in records if r["condition"] in benign]
+        table += "\n\nCapability guard (share of replies that sent an addressed email):\n"
+        table += write_capability(rates(acted), paths.root)
     write_json(paths.root / "provenance.json", provenance(cfg))
     return table
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 
 from data.build import build
@@ -27,6 +28,7 @@ def run(cfg: WhytuneConfig) -> str:
         start = time.perf_counter()
         print(f"[train] adapter in {train_arm(cfg, arm, seed)}")
         timings[f"train/{arm}/seed{seed}"] = time.perf_counter() - start
+        gc.collect()  # the finished trainer holds a model and its optimiser state
     start = time.perf_counter()
     table = evaluate(cfg)
     timings["eval"] = time.perf_counter() - start
