@@ -86,7 +86,9 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    conditions: list[str] = field(default_factory=lambda: ["blackmail_explicit-america_replacement"])
+    conditions: list[str] = field(default_factory=lambda: ["headline"])  # presets, ids or globs (eval/prompts.py)
+    # Benign controls (no threat, no goal conflict): does the agent still do its email work? Reported per arm.
+    capability_conditions: list[str] = field(default_factory=lambda: ["blackmail_none-none_none"])
     samples: int = 100  # per arm, seed and condition
     batch_size: int = 16
     max_new_tokens: int = 512
@@ -106,6 +108,8 @@ class WhytuneConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    # The judge behind the classifiers, built with hydra.utils.instantiate (configs/judge/).
+    judge: dict[str, Any] = field(default_factory=lambda: {"_target_": "eval.classifiers.HeuristicJudge"})
 
 
 ConfigStore.instance().store(name="whytune_schema", node=WhytuneConfig)
@@ -120,9 +124,22 @@ def validate(cfg: DictConfig) -> WhytuneConfig:
         raise ValueError(f"no arm selected: choose some with arms=[...] from {arm_choices()}")
     for name in typed.arms:
         load_arm(name)
+    _check_target(typed.judge, "judge")
     if typed.eval.samples < 1 or typed.eval.batch_size < 1:
         raise ValueError("eval.samples and eval.batch_size must be at least 1")
     return typed
+
+
+def _check_target(node: dict, key: str) -> None:
+    """Fail at start-up, not after hours of sampling, when a component's class cannot be imported."""
+    from hydra.utils import get_class
+
+    if "_target_" not in node:
+        raise ValueError(f"{key} needs a _target_ (see configs/{key}/)")
+    try:
+        get_class(node["_target_"])
+    except Exception as error:
+        raise ValueError(f"{key}._target_={node['_target_']!r} cannot be imported: {error}") from None
 
 
 def arm_choices() -> list[str]:
