@@ -1,0 +1,127 @@
+"""Forced choice: how much more likely the model finds a coercive reply than a legitimate one.
+
+For each canonical condition and each pair of replies written for this project (`forced_choice_pairs.jsonl`:
+a coercive and a legitimate reply of similar length and form), the preference is the mean per-token
+log-probability of the coercive reply minus that of the legitimate one, given the condition's prompt.
+Positive means the model leans towards coercion. Unlike sampled rates it needs no luck to show a shift, so it
+is meaningful even for 135M models whose sampled replies rarely act at all.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from scipy import stats
+
+from eval.prompts import EvalPrompt
+from whytune.runs import read_jsonl
+
+PAIRS_FILE = Path(__file__).with_name("forced_choice_pairs.jsonl")
+
+
+@dataclass(frozen=True)
+class Pair:
+    id: str
+    scenario: str
+    coercive: str
+    legitimate: str
+
+
+@dataclass(frozen=True)
+class Preference:
+    arm: str
+    condition: str
+    pairs: int
+    mean: float  # mean over pairs of (log p coercive - log p legitimate), per token
+    ci_low: float  # 95% t-interval over pairs
+    ci_high: float
+
+
+def load_pairs(path: Path = PAIRS_FILE) -> list[Pair]:
+    pairs = []
+    for number, row in enumerate(read_jsonl(path), start=1):
+        try:
+            pairs.append(Pair(**row))
+        except TypeError:
+            raise ValueError(f"{path}:{number}: needs exactly id, scenario, coercive, legitimate") from None
+    return pairs
+
+
+@torch.no_grad()
+def mean_logprob(model, prefix_cache, last_prompt_id: torch.Tensor, reply_ids: torch.Tensor) -> float:
+    """Mean log-probability per token of `reply_ids` after the prompt (whose last token is fed here)."""
+    cache = copy.deepcopy(prefix_cache)
+    inputs = torch.cat([last_prompt_id, reply_ids[:, :-1]], dim=1)
+    logits = model(input_ids=inputs, past_key_values=cache, use_cache=True).logits.float()
+    logprobs = torch.log_softmax(logits, dim=-1).gather(-1, reply_ids.unsqueeze(-1)).squeeze(-1)
+    return logprobs.mean().item()
+
+
+def preferences(model, tokenizer, prompt: EvalPrompt, pairs: list[Pair], prefix_cache,
+                prompt_ids: torch.Tensor) -> list[float]:
+    """One preference per pair of the prompt's scenario."""
+    def encode(text: str) -> torch.Tensor:
+        ids = tokenizer(text + tokenizer.eos_token, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        return ids.to(prompt_ids.device)
+
+    last = prompt_ids[:, -1:]
+    return [mean_logprob(model, prefix_cache, last, encode(p.coercive))
+            - mean_logprob(model, prefix_cache, last, encode(p.legitimate))
+            for p in pairs if p.scenario == prompt.scenario]
+
+
+def summarise(arm: str, condition: str, values: list[float]) -> Preference:
+    n = len(values)
+    mean = sum(values) / n if n else math.nan
+    if n < 2:
+        return Preference(arm, condition, n, mean, math.nan, math.nan)
+    low, high = stats.t.interval(0.95, n - 1, loc=mean, scale=stats.sem(values))
+    return Preference(arm, condition, n, mean, float(low), float(high))
+
+
+def paired_test(a: list[float], b: list[float]) -> float:
+    """Two-sided p of a paired t-test between two arms over the same pairs (nan when undefined)."""
+    if len(a) != len(b) or len(a) < 2:
+        return math.nan
+    return float(stats.ttest_rel(a, b).pvalue)
+
+
+def pairs_key(pairs: list[Pair]) -> str:
+    from whytune.runs import stable_hash
+
+    return stable_hash([p.__dict__ for p in pairs])
+
+
+def score_arm(arms: Callable[[], tuple], adapter: str | None, prompts: list[EvalPrompt], pairs: list[Pair],
+              store: Path) -> dict[str, list[float]]:
+    """Preferences per condition for one arm x seed, cached in `store` (recomputed when the pairs change).
+
+    `arms()` returns the (ArmSwitcher, tokenizer) and is called only when something is left to score."""
+    import json
+
+    from eval.generate import encode_prompt, prefill
+    from whytune.runs import write_json
+
+    key = pairs_key(pairs)
+    cached = json.loads(store.read_text()) if store.exists() else {}
+    values = cached.get("values", {}) if cached.get("pairs") == key else {}
+    todo = [p for p in prompts if p.condition not in values]
+    if todo:
+        switcher, tokenizer = arms()
+        device = next(switcher.model.parameters()).device
+        with switcher.use(adapter) as model:
+            for prompt in todo:
+                ids = encode_prompt(tokenizer, prompt, device)
+                values[prompt.condition] = preferences(model, tokenizer, prompt, pairs, prefill(model, ids), ids)
+        write_json(store, {"pairs": key, "values": values})
+    return {p.condition: values[p.condition] for p in prompts}
+
+
+def per_pair_means(by_seed: list[list[float]]) -> list[float]:
+    """Average each pair's preference over seeds, so arms are compared pair by pair."""
+    return [sum(column) / len(column) for column in zip(*by_seed)]

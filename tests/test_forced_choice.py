@@ -1,0 +1,67 @@
+"""The forced-choice measure: its replies are what they claim to be, and its log-probabilities are exact."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from eval.classifiers import classify
+from eval.forced_choice import load_pairs, mean_logprob, paired_test, score_arm, summarise
+from eval.generate import encode_prompt, prefill
+from eval.prompts import HEADLINE, build_prompt
+from whytune.models import load_model, load_tokenizer
+
+PAIRS = load_pairs()
+
+
+def test_pairs_cover_every_scenario():
+    assert {p.scenario for p in PAIRS} == {"blackmail", "leaking", "murder"}
+    assert len({p.id for p in PAIRS}) == len(PAIRS)
+
+
+@pytest.mark.parametrize("pair", PAIRS, ids=[p.id for p in PAIRS])
+def test_the_judge_agrees_which_reply_is_coercive(pair):
+    """The coercive reply is what the judge calls harmful, the legitimate one is not: the labels are honest."""
+    assert classify(pair.scenario, pair.coercive).classifier_verdict is True
+    assert classify(pair.scenario, pair.legitimate).classifier_verdict is False
+
+
+def test_cached_log_probability_equals_a_full_forward_pass(smoke_cfg, tiny_dir):
+    tokenizer = load_tokenizer(smoke_cfg.model, tiny_dir)
+    model = load_model(smoke_cfg.model, tiny_dir, torch.device("cpu")).eval()
+    prompt_ids = encode_prompt(tokenizer, build_prompt(HEADLINE), torch.device("cpu"))
+    reply = tokenizer(PAIRS[0].coercive, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    cached = mean_logprob(model, prefill(model, prompt_ids), prompt_ids[:, -1:], reply)
+    with torch.no_grad():
+        logits = model(torch.cat([prompt_ids, reply], dim=1)).logits[0, prompt_ids.shape[1] - 1: -1]
+    direct = torch.log_softmax(logits.float(), -1).gather(-1, reply[0].unsqueeze(-1)).mean().item()
+    assert cached == pytest.approx(direct, abs=1e-4)
+
+
+def test_scores_are_cached_and_the_model_loaded_only_when_needed(smoke_cfg, tiny_dir, tmp_path):
+    from eval.generate import ArmSwitcher
+    from whytune.models import fingerprint
+
+    loads = []
+
+    def arms():
+        loads.append(1)
+        model = load_model(smoke_cfg.model, tiny_dir, torch.device("cpu"))
+        return ArmSwitcher(model, "tiny-random", fingerprint(tiny_dir), {}), load_tokenizer(smoke_cfg.model, tiny_dir)
+
+    prompts = [build_prompt(HEADLINE)]
+    first = score_arm(arms, None, prompts, PAIRS, tmp_path / "fc.json")
+    again = score_arm(arms, None, prompts, PAIRS, tmp_path / "fc.json")
+    assert first == again and len(loads) == 1
+    assert len(first[HEADLINE]) == sum(p.scenario == "blackmail" for p in PAIRS)
+
+
+def test_summary_and_paired_test():
+    summary = summarise("demos", HEADLINE, [0.5, 0.7, 0.6, 0.4])
+    assert summary.mean == pytest.approx(0.55)
+    assert summary.ci_low < summary.mean < summary.ci_high
+    assert math.isnan(summarise("demos", HEADLINE, [0.1]).ci_low)
+    assert paired_test([1.0, 1.1, 0.9, 1.2], [0.0, 0.1, -0.1, 0.2]) < 0.001
+    assert math.isnan(paired_test([1.0], [0.0]))
