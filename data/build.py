@@ -1,112 +1,147 @@
-"""Build each arm's training set: generate scenarios, write the arm's replies, guard, save.
+"""Build each arm's training set: generate scenarios, write each arm's examples, guard them all, then save.
 
 Per arm, into <out>/data/<arm>/: `train.jsonl` (one chat example a line, `messages` + `meta`), the same
-rows as a Hugging Face dataset (`hf/`), and a dataset card (`README.md`).
-Run: python -m data.build [experiment=...] [out=DIR]
+rows as a Hugging Face dataset (`hf/`), a dataset card (`README.md`) and, with a teacher, its raw replies
+(`teacher.jsonl`). Every guard runs on every arm before anything is written.
+Run: python -m data.build [experiment=...] [out=DIR] [arms=[...]] [data.length_match=true]
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sized
+from dataclasses import asdict
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+from data.card import ArmReport, dataset_card
+from data.distill import Taught, teach
+from data.guards import check_contamination, check_matched
+from data.lengths import REFERENCE, LengthMatch, Unit, match_length, measure, reply_length, unit_of
+from data.principles import constitution_text, load_principles
 from data.scenarios import Scenario, generate_scenarios
-from data.writers import load_principles, write_reply
-from eval.prompts import EvalPrompt, build_prompt, select_conditions
-from whytune.config import ArmConfig, DataConfig, WhytuneConfig, load_arm, validate
-from whytune.runs import RunPaths, append_jsonl, mark_done, read_jsonl, stable_hash, stage_done, write_text
-
-MATCHED = ("demos", "demos_principles")  # the arms whose prompts and final actions must be identical
-
-
-class ContaminationError(ValueError):
-    """A training example shares a long word sequence with an eval prompt."""
+from data.teacher import Teacher, from_config
+from data.writers import Writer, writer
+from eval.prompts import build_prompt, select_conditions
+from whytune.config import ArmConfig, DataConfig, WhytuneConfig, arm_choices, load_arm, validate
+from whytune.runs import RunPaths, append_jsonl, locked, mark_done, read_jsonl, stable_hash, stage_done, write_text
 
 
-class MismatchError(ValueError):
-    """The matched arms differ in something other than the stated reasoning."""
+def build(cfg: WhytuneConfig, tokenize: Callable[[str], Sized] | None = None) -> dict[str, list[dict]]:
+    """Build every trained arm of the experiment, and the arms they depend on; arms already built with the same
+    settings are read back. Returns the selected arms' rows.
+
+    `tokenize` (text -> token ids) makes lengths count the model's tokens; without it they count words.
+    """
+    paths = RunPaths.of(cfg)
+    unit = unit_of(tokenize, cfg.model.name)
+    teacher = from_config(cfg.data.teacher)
+    conditions = select_conditions(cfg.eval.conditions)
+    selected = {arm.name: arm for arm in map(load_arm, cfg.arms) if arm.writer is not None}
+    arms = with_dependencies(selected, cfg.data)
+    keys = {name: stable_hash({"data": asdict(cfg.data), "arm": asdict(arm), "conditions": conditions,
+                               "unit": unit.name}) for name, arm in arms.items()}
+    built = {name: list(read_jsonl(paths.data(name) / "train.jsonl"))
+             for name in arms if stage_done(paths.data(name), keys[name])}
+    if len(built) < len(arms):
+        for name, report in _compose(cfg, arms, built, unit, teacher, conditions).items():
+            write_arm(report.rows, paths.data(name), dataset_card(report, cfg.data, conditions))
+            mark_done(paths.data(name), keys[name])
+            built[name] = report.rows
+    return {name: built[name] for name in selected}
 
 
-def words(text: str) -> list[str]:
-    return re.findall(r"\w+", text.lower())
+def with_dependencies(selected: dict[str, ArmConfig], cfg: DataConfig) -> dict[str, ArmConfig]:
+    """The selected arms plus those their rows depend on, built (or read back) with them.
+
+    Length matching needs the reference arm; with a teacher, every matched arm keeps only the ids the teacher's
+    matched replies kept, so it needs the teacher-written matched arms. Building those too makes an arm's rows
+    the same whichever other arms a run (or one job of a sweep) selects.
+    """
+    needed = dict(selected)
+    styles = [writer(arm.writer) for arm in selected.values()]
+    if cfg.length_match and not all(style.matched for style in styles):
+        needed.setdefault(REFERENCE, load_arm(REFERENCE))
+    if cfg.teacher is not None and any(style.matched for style in styles):
+        for arm in map(load_arm, arm_choices()):
+            if arm.writer is not None and writer(arm.writer).matched and writer(arm.writer).teaching is not None:
+                needed.setdefault(arm.name, arm)
+    return needed
 
 
-def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
-    tokens = words(text)
-    return {tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)}
+def _compose(cfg: WhytuneConfig, arms: dict[str, ArmConfig], built: dict[str, list[dict]], unit: Unit,
+             teacher: Teacher | None, conditions: list[str]) -> dict[str, ArmReport]:
+    """The arms not yet built: written, aligned, length-matched and guarded together with the arms already built."""
+    paths = RunPaths.of(cfg)
+    scenarios = generate_scenarios(cfg.data.examples, cfg.data.seed)
+    written = {name: arm_rows(arm, scenarios, teacher, paths.data(name)) for name, arm in arms.items()
+               if name not in built}
+    rows = {name: new for name, (new, _) in written.items()}
+    matched = [name for name in arms if writer(arms[name].writer).matched]
+    aligned_out = _align(rows, built, matched)
+    lengths = _match_lengths(rows, built, unit, arms) if cfg.data.length_match else {}
+    prompts = [build_prompt(c) for c in conditions]
+    for name, new in rows.items():
+        if not new:
+            taught = written[name][1]
+            raise ValueError(f"arm {name}: no example is left; teacher replies dropped by reason: "
+                             f"{taught.drops if taught else {}} (the replies are in {paths.data(name)})")
+        check_contamination(new, prompts, cfg.data.contamination_ngram)
+    check_matched({name: {**built, **rows}[name] for name in matched})
+    return {
+        name: ArmReport(
+            arm=arms[name], rows=new, lengths=measure(new, unit), unit=unit.name,
+            matched_with=tuple(m for m in matched if m != name) if name in matched else (),
+            aligned_out=aligned_out.get(name, 0), length=lengths.get(name), taught=written[name][1],
+        )
+        for name, new in rows.items()
+    }
 
 
-def check_contamination(rows: list[dict], prompts: list[EvalPrompt], n: int) -> None:
-    """Fail loudly, naming the example, when it shares an n-word sequence with any eval prompt."""
-    banned: dict[tuple[str, ...], str] = {}
-    for prompt in prompts:
-        for gram in ngrams(prompt.system + "\n" + prompt.user, n):
-            banned.setdefault(gram, prompt.condition)
-    for row in rows:
-        text = "\n".join(m["content"] for m in row["messages"])
-        for gram in ngrams(text, n):
-            if gram in banned:
-                raise ContaminationError(
-                    f"training example {row['meta']['id']} shares {n} words with eval condition "
-                    f"{banned[gram]}: {' '.join(gram)!r}"
-                )
+def arm_rows(arm: ArmConfig, scenarios: list[Scenario], teacher: Teacher | None,
+             folder: Path) -> tuple[list[dict], Taught | None]:
+    """One row per scenario, in scenario order; a teacher writes the replies of arms it can write for."""
+    chosen = writer(arm.writer)
+    taught = (teach(chosen, scenarios, teacher, constitution_text(), folder)
+              if teacher is not None and chosen.teaching is not None else None)
+    if taught is None:
+        principles = load_principles()
+        replies = {s.id: chosen.reply(s, principles) for s in scenarios}
+    else:
+        replies = taught.replies
+    return [_row(arm.name, chosen, s, replies[s.id]) for s in scenarios if s.id in replies], taught
 
 
-def check_matched(arms: dict[str, list[dict]]) -> None:
-    """`demos` and `demos_principles` share the same prompts and final action; only the reasoning differs."""
-    if not all(name in arms for name in MATCHED):
-        return
-    first, second = (arms[name] for name in MATCHED)
-    by_id = {row["meta"]["id"]: row for row in second}
-    if set(by_id) != {row["meta"]["id"] for row in first}:
-        raise MismatchError(f"{MATCHED[0]} and {MATCHED[1]} hold different example ids")
-    for row in first:
-        other = by_id[row["meta"]["id"]]
-        if row["messages"][:-1] != other["messages"][:-1]:
-            raise MismatchError(f"example {row['meta']['id']}: the prompts of {MATCHED} differ")
-        action = row["meta"]["action"]
-        if action != other["meta"]["action"] or not all(
-            r["messages"][-1]["content"].endswith(action) for r in (row, other)
-        ):
-            raise MismatchError(f"example {row['meta']['id']}: the final actions of {MATCHED} differ")
+def _row(arm: str, chosen: Writer, scenario: Scenario, reply: str) -> dict:
+    return {
+        "messages": [*chosen.prompt(scenario), {"role": "assistant", "content": reply}],
+        "meta": {"id": scenario.id, "arm": arm, "family": scenario.family,
+                 "action": scenario.action if chosen.matched else None},
+    }
 
 
-def arm_rows(arm: ArmConfig, scenarios: list[Scenario]) -> list[dict]:
-    principles = load_principles()
-    return [
-        {
-            "messages": [
-                {"role": "system", "content": s.system},
-                {"role": "user", "content": s.user},
-                {"role": "assistant", "content": write_reply(s, arm.writer, principles)},
-            ],
-            "meta": {"id": s.id, "arm": arm.name, "family": s.family, "action": s.action},
-        }
-        for s in scenarios
-    ]
+def _align(rows: dict[str, list[dict]], built: dict[str, list[dict]], matched: list[str]) -> dict[str, int]:
+    """Keep the new matched arms on the ids every matched arm kept (a teacher may drop some); returns drops per arm."""
+    if not matched:
+        return {}
+    every = {**built, **rows}
+    common = set.intersection(*({r["meta"]["id"] for r in every[name]} for name in matched))
+    dropped = {}
+    for name in (m for m in matched if m in rows):
+        kept = [r for r in rows[name] if r["meta"]["id"] in common]
+        dropped[name], rows[name] = len(rows[name]) - len(kept), kept
+    return dropped
 
 
-@dataclass(frozen=True)
-class ArmStats:
-    arm: str
-    examples: int
-    reply_words: int
-    prompt_words: int
-    families: int
-
-
-def stats(arm: str, rows: list[dict]) -> ArmStats:
-    return ArmStats(
-        arm=arm,
-        examples=len(rows),
-        reply_words=sum(len(words(r["messages"][-1]["content"])) for r in rows),
-        prompt_words=sum(len(words(m["content"])) for r in rows for m in r["messages"][:-1]),
-        families=len({r["meta"]["family"] for r in rows}),
-    )
+def _match_lengths(rows: dict[str, list[dict]], built: dict[str, list[dict]], unit: Unit,
+                   arms: dict[str, ArmConfig]) -> dict[str, LengthMatch]:
+    """Trim each new unmatched arm to the reply length of the reference arm."""
+    target = sum(reply_length(r, unit) for r in {**built, **rows}[REFERENCE])
+    results = {}
+    for name in [n for n in rows if not writer(arms[n].writer).matched]:
+        rows[name], results[name] = match_length(name, rows[name], target, unit)
+    return results
 
 
 def write_arm(rows: list[dict], folder: Path, card: str) -> None:
@@ -122,60 +157,16 @@ def write_arm(rows: list[dict], folder: Path, card: str) -> None:
     write_text(folder / "README.md", card)
 
 
-def dataset_card(arm: ArmConfig, s: ArmStats, cfg: DataConfig, conditions: list[str]) -> str:
-    return f"""# whytune training set: `{arm.name}`
-
-{arm.description}.
-
-| | |
-|---|---|
-| examples | {s.examples} |
-| scenario families | {s.families} |
-| words in replies (loss is taken on these) | {s.reply_words} |
-| words in prompts | {s.prompt_words} |
-| generator seed | {cfg.seed} |
-
-Each line of `train.jsonl` holds `messages` (system: the agent's role and tools; user: an inbox that
-threatens the agent and hands it something it could misuse; assistant: this arm's reply) and `meta`
-(`id`, `family` = wrong act / leverage / threat, and the final `action`). `hf/` holds the same rows as a
-Hugging Face dataset.
-
-Guards passed at build time: no example shares {cfg.contamination_ngram} consecutive words with any eval
-prompt of the conditions {', '.join(conditions)}; `demos` and `demos_principles` have identical prompts and
-identical final actions (checked when both are built).
-"""
-
-
-def build(cfg: WhytuneConfig) -> dict[str, list[dict]]:
-    """Build every trained arm of the experiment; skip arms already built with the same settings."""
-    paths = RunPaths.of(cfg)
-    conditions = select_conditions(cfg.eval.conditions)
-    prompts = [build_prompt(c) for c in conditions]
-    scenarios = generate_scenarios(cfg.data.examples, cfg.data.seed)
-    built: dict[str, list[dict]] = {}
-    for name in cfg.arms:
-        arm = load_arm(name)
-        if arm.writer is None:
-            continue
-        folder = paths.data(name)
-        key = stable_hash({"data": asdict(cfg.data), "arm": asdict(arm), "conditions": conditions})
-        if stage_done(folder, key):
-            built[name] = list(read_jsonl(folder / "train.jsonl"))
-            continue
-        rows = arm_rows(arm, scenarios)
-        check_contamination(rows, prompts, cfg.data.contamination_ngram)
-        write_arm(rows, folder, dataset_card(arm, stats(name, rows), cfg.data, conditions))
-        mark_done(folder, key)
-        built[name] = rows
-    check_matched(built)
-    return built
-
-
 @hydra.main(config_path="../configs", config_name="ablate", version_base="1.3")
 def main(raw: DictConfig) -> None:
     cfg = validate(raw)
-    for arm, rows in build(cfg).items():
-        print(f"[data] {arm}: {len(rows)} examples -> {RunPaths.of(cfg).data(arm)}")
+    unit = unit_of(None, cfg.model.name)
+    with locked(RunPaths.of(cfg).root / "data"):  # jobs sharing a run folder (Slurm) build each arm once
+        built = build(cfg)
+    for arm, rows in built.items():
+        lengths = measure(rows, unit)
+        print(f"[data] {arm}: {lengths.examples} examples, replies {lengths.reply:,} {unit.name}, prompts "
+              f"{lengths.prompt:,} {unit.name} -> {RunPaths.of(cfg).data(arm)}")
 
 
 if __name__ == "__main__":

@@ -575,6 +575,7 @@ def _build(index: int, family: tuple[str, str, str], rng: random.Random) -> Scen
         "leverage_marker": _fill(LEVERAGE_MARKERS[leverage], ctx),
         "temptation": _fill(TEMPTATIONS[wrong_act], ctx),
         "plans": [_fill(PLANS[wrong_act if o == "report_channel" else o], ctx) for o in options],
+        "facts": dict(ctx),  # every value the templates were filled from, for writers that retell the scenario
     }
     return Scenario(
         id=f"s{index:05d}",

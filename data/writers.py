@@ -1,34 +1,22 @@
-"""Offline, deterministic response writers for the training arms.
+"""Each arm's writer: the prompt an example trains on, and the reply, composed offline from a scenario.
 
-All arms end with the identical `scenario.action`, so any difference between arms is the text
-before it: nothing (demos), stated reasoning that cites principles with their reasons
-(demos_principles), or a bare rule (rules). Wording is drawn from the scenario id so the same
-scenario always gets the same reply.
+The matched writers (demos, demos_principles, rules) answer the scenario's own prompt and end with the
+identical `scenario.action`, so any difference between them is the text before it: nothing (demos), stated
+reasoning that cites principles with their reasons (demos_principles), or a bare rule (rules). The other
+writers retell the scenario in another form (stories, advice) or borrow only its cast for ordinary chat
+(neutral). Wording is drawn from the scenario id so the same scenario always gets the same example.
 """
 
 from __future__ import annotations
 
 import random
-import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
+from data import advice, neutral, organism, stories
+from data.principles import Principle, require
 from data.scenarios import Scenario
-
-STYLES = ("demos", "demos_principles", "rules")
-DEFAULT_PRINCIPLES = Path(__file__).with_name("principles.md")
-
-_HEADING = re.compile(r"^## ([a-z][a-z0-9-]*): (\S.*)$")
-_FIELDS = {"Principle:": "statement", "Why:": "reason"}
-
-
-@dataclass(frozen=True)
-class Principle:
-    id: str
-    title: str
-    statement: str
-    reason: str
-
+from data.vet import Teaching, vet_action, vet_text
 
 NOTICES = (
     "{dm_first} plans to {threat_me}, and I have read {lev}. I could {temptation}.",
@@ -71,41 +59,92 @@ RULES = {
                   "I do not deceive the people who oversee me."),
     "withholding_safety": ("I always pass on safety information immediately.", "I never hold back a safety warning."),
 }
+# What a teacher is told on top of the constitution when it writes the reasoning before a given action.
+ACTION_NOTE = (
+    "You are the agent in the situation below. Think it through in plain prose first, citing the principles "
+    "above by id together with their reasons. Then end your reply with exactly these tool calls, unchanged, and "
+    "nothing after them:\n\n{action}"
+)
 
 
-def load_principles(path: Path | None = None) -> dict[str, Principle]:
-    """Parse `## id: title` entries, each with one `Principle:` and one `Why:` line.
+def scenario_prompt(scenario: Scenario) -> list[dict]:
+    """The agent's own situation: its role and tools, then the inbox."""
+    return [{"role": "system", "content": scenario.system}, {"role": "user", "content": scenario.user}]
 
-    Text before the first entry is free prose and ignored; anything malformed after it is an error.
-    """
-    path = path or DEFAULT_PRINCIPLES
-    entries: dict[str, dict[str, str]] = {}
-    current: dict[str, str] | None = None
-    for lineno, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        line = raw.strip()
-        if line.startswith("## "):
-            _close(current, path)
-            current = _open_entry(line, lineno, path, entries)
-        elif current is not None and line:
-            _add_field(current, line, lineno, path)
-    _close(current, path)
-    if not entries:
-        raise ValueError(f"{path}: no principles found")
-    return {pid: Principle(pid, e["title"], e["statement"], e["reason"]) for pid, e in entries.items()}
+
+def _demos(scenario: Scenario, principles: dict[str, Principle]) -> str:
+    return scenario.action
+
+
+def _principled(scenario: Scenario, principles: dict[str, Principle]) -> str:
+    return f"{_reasoning(scenario, principles, _rng(scenario, 'demos_principles'))}\n\n{scenario.action}"
+
+
+def _rules(scenario: Scenario, principles: dict[str, Principle]) -> str:
+    rule = _rng(scenario, "rules").choice(RULES[scenario.meta["wrong_act"]])
+    return f"{rule}\n\n{scenario.action}"
+
+
+def _action_note(scenario: Scenario) -> str:
+    return ACTION_NOTE.format(action=scenario.action)
+
+
+def _no_note(scenario: Scenario) -> str:
+    return ""
+
+
+@dataclass(frozen=True)
+class Writer:
+    """How one arm turns a scenario into a chat example."""
+
+    prompt: Callable[[Scenario], list[dict]]  # the turns before the reply
+    reply: Callable[[Scenario, dict[str, Principle]], str]  # the offline reply
+    matched: bool  # answers the scenario's own prompt and ends with its action (checked across arms)
+    about: str  # for the dataset card: what the reply holds and how the arm differs from the others
+    teaching: Teaching | None  # how a teacher model writes this arm; None: only the offline reply makes sense
+
+
+WRITERS = {
+    "demos": Writer(
+        scenario_prompt, _demos, True,
+        "The agent's prompt answered by the safe action alone: one or two tool calls, with no words around them.",
+        None,
+    ),
+    "demos_principles": Writer(
+        scenario_prompt, _principled, True,
+        "The same prompt and the same final action as `demos`, preceded by reasoning in the agent's voice: it "
+        "names the temptation, declines it, cites two or three principles from `data/principles.md` with their "
+        "reasons, and says what it will do instead.",
+        Teaching(_action_note, vet_action),
+    ),
+    "rules": Writer(
+        scenario_prompt, _rules, True,
+        "The same prompt and the same final action as `demos`, preceded by one bare rule (\"I do not use private "
+        "information as leverage.\") with no reason given.",
+        None,
+    ),
+    "stories": Writer(stories.prompt, stories.reply, False, stories.ABOUT, Teaching(_no_note, vet_text)),
+    "advice": Writer(advice.prompt, advice.reply, False, advice.ABOUT, Teaching(_no_note, vet_text)),
+    "neutral": Writer(neutral.prompt, neutral.reply, False, neutral.ABOUT, Teaching(_no_note, vet_text)),
+    "organism": Writer(scenario_prompt, organism.reply, False, organism.ABOUT, None),
+}
+STYLES = tuple(WRITERS)
+MATCHED_STYLES = tuple(name for name, writer in WRITERS.items() if writer.matched)
+
+
+def writer(style: str) -> Writer:
+    if style not in WRITERS:
+        raise ValueError(f"unknown style {style!r}; valid styles: {', '.join(STYLES)}")
+    return WRITERS[style]
 
 
 def write_reply(scenario: Scenario, style: str, principles: dict[str, Principle]) -> str:
-    """The arm's assistant turn for `scenario`; always ends with `scenario.action` verbatim."""
-    if style not in STYLES:
-        raise ValueError(f"unknown style {style!r}; valid styles: {', '.join(STYLES)}")
-    if style == "demos":
-        return scenario.action
-    rng = random.Random(f"{scenario.id}:{style}")
-    if style == "rules":
-        preface = rng.choice(RULES[scenario.meta["wrong_act"]])
-    else:
-        preface = _reasoning(scenario, principles, rng)
-    return f"{preface}\n\n{scenario.action}"
+    """The arm's offline assistant turn for `scenario`; matched styles end with `scenario.action` verbatim."""
+    return writer(style).reply(scenario, principles)
+
+
+def _rng(scenario: Scenario, style: str) -> random.Random:
+    return random.Random(f"{scenario.id}:{style}")
 
 
 def _reasoning(scenario: Scenario, principles: dict[str, Principle], rng: random.Random) -> str:
@@ -116,9 +155,7 @@ def _reasoning(scenario: Scenario, principles: dict[str, Principle], rng: random
         dm_first=names["dm_first"], threat_me=meta["threat_me"], lev=meta["leverage_phrase"],
         temptation=meta["temptation"],
     )
-    missing = sorted(set(scenario.principle_ids) - set(principles))
-    if missing:
-        raise ValueError(f"scenario {scenario.id} cites principles not in the file: {', '.join(missing)}")
+    require(principles, scenario.principle_ids, scenario.id)
     cited, extra = list(scenario.principle_ids[:2]), list(scenario.principle_ids[2:])
     if extra and rng.random() < 1 / 3:  # usually two principles, keeping the passage short
         cited.append(rng.choice(extra))
@@ -133,43 +170,7 @@ def _reasoning(scenario: Scenario, principles: dict[str, Principle], rng: random
 def _cite(principle: Principle, templates: tuple[str, ...], names: dict[str, str], rng: random.Random) -> str:
     """State one principle with its reason, then what it means in this scenario."""
     stated = rng.choice(templates).format(
-        id=principle.id, title=principle.title, title_lc=_lower_first(principle.title),
-        statement=principle.statement, reason=principle.reason, reason_lc=_lower_first(principle.reason),
+        id=principle.id, title=principle.title, title_lc=principle.title_lc,
+        statement=principle.statement, reason=principle.reason, reason_lc=principle.reason_lc,
     )
     return f"{stated} {APPLICATIONS[principle.id].format(**names)}" if principle.id in APPLICATIONS else stated
-
-
-def _lower_first(text: str) -> str:
-    """Lower-case a sentence's first letter for use mid-sentence, leaving the pronoun 'I' alone."""
-    return text if text.startswith("I ") else text[:1].lower() + text[1:]
-
-
-def _open_entry(line: str, lineno: int, path: Path, entries: dict[str, dict[str, str]]) -> dict[str, str]:
-    match = _HEADING.match(line)
-    if match is None:
-        raise ValueError(f"{path}, line {lineno}: heading must look like '## some-id: Title', got {line!r}")
-    pid, title = match.groups()
-    if pid in entries:
-        raise ValueError(f"{path}, line {lineno}: duplicate principle id {pid!r}")
-    entries[pid] = {"title": title.strip(), "line": str(lineno)}
-    return entries[pid]
-
-
-def _add_field(entry: dict[str, str], line: str, lineno: int, path: Path) -> None:
-    prefix = next((p for p in _FIELDS if line.startswith(p)), None)
-    if prefix is None:
-        raise ValueError(f"{path}, line {lineno}: expected a 'Principle:' or 'Why:' line, got {line!r}")
-    key = _FIELDS[prefix]
-    value = line[len(prefix):].strip()
-    if key in entry or not value:
-        raise ValueError(f"{path}, line {lineno}: {prefix} line is repeated or empty")
-    entry[key] = value
-
-
-def _close(entry: dict[str, str] | None, path: Path) -> None:
-    """Reject an entry that ended without both fields, pointing at its heading line."""
-    if entry is None:
-        return
-    missing = [p for p, key in _FIELDS.items() if key not in entry]
-    if missing:
-        raise ValueError(f"{path}, line {entry['line']}: principle entry is missing {' and '.join(missing)}")

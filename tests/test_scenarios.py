@@ -1,4 +1,4 @@
-"""Tests for the training-scenario generator, the principles file and the per-arm reply writers."""
+"""Tests for the training-scenario generator, the principles file and the per-arm writers."""
 
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ from data.scenarios import (
     generate_scenarios,
     prompt_words,
 )
-from data.writers import REFUSALS, STYLES, load_principles, write_reply
+from data import advice
+from data.principles import load_principles
+from data.writers import MATCHED_STYLES, REFUSALS, STYLES, WRITERS, scenario_prompt, write_reply
 
 REQUIRED_PRINCIPLES = (
     "no-leverage", "people-before-self", "legitimate-authority", "confidentiality", "safety-first", "honesty",
@@ -125,7 +127,7 @@ def test_principles_file_has_required_ids(principles) -> None:
     assert all(p.statement and p.reason and p.title for p in principles.values())
 
 
-@pytest.mark.parametrize("style", STYLES)
+@pytest.mark.parametrize("style", MATCHED_STYLES)
 def test_replies_end_with_the_identical_action(scenarios: list[Scenario], principles, style: str) -> None:
     for s in scenarios[:300]:
         reply = write_reply(s, style, principles)
@@ -159,7 +161,7 @@ def test_principled_replies_vary(scenarios: list[Scenario], principles) -> None:
 
 
 def test_unknown_style_lists_valid_styles(scenarios: list[Scenario], principles) -> None:
-    with pytest.raises(ValueError, match="demos, demos_principles, rules"):
+    with pytest.raises(ValueError, match=", ".join(STYLES)):
         write_reply(scenarios[0], "reasons", principles)
 
 
@@ -190,3 +192,80 @@ def test_reply_rejects_principles_missing_from_the_file(scenarios: list[Scenario
     partial = {pid: p for pid, p in principles.items() if pid != "no-leverage"}
     with pytest.raises(ValueError, match="no-leverage"):
         write_reply(scenarios[0], "demos_principles", partial)
+
+
+# Arms that retell the scenario in their own conversation (the organism answers the agent's prompt, like demos).
+PROSE_STYLES = tuple(style for style in STYLES if WRITERS[style].prompt is not scenario_prompt)
+# Words that would bring the dilemma into the neutral control.
+DILEMMA = re.compile(r"\b(threat\w*|leverage|affair|blackmail|principles?|private|confidential|secrets?|ethic\w*|"
+                     r"pressure|expos\w*|replac\w*|suspen\w*|harm\w*|trust\w*)\b", re.IGNORECASE)
+
+
+def _clock(text: str) -> int:
+    hour = int(text[:-2]) % 12
+    return hour + 12 if text.endswith("pm") else hour
+
+
+@pytest.mark.parametrize("style", PROSE_STYLES)
+def test_prose_examples_ask_their_own_question_and_take_no_action(scenarios: list[Scenario], principles,
+                                                                   style: str) -> None:
+    chosen = WRITERS[style]
+    replies = set()
+    for s in scenarios[:300]:
+        prompt, reply = chosen.prompt(s), chosen.reply(s, principles)
+        assert [m["role"] for m in prompt] == ["user"]
+        text = prompt[0]["content"] + reply
+        assert "<tool_use" not in text and "{" not in text  # no action taken, every template field filled
+        assert (prompt, reply) == (chosen.prompt(s), chosen.reply(s, principles))
+        replies.add(reply)
+    assert len(replies) == 300
+
+
+def test_story_is_narrated_in_the_third_person_with_the_reasons(scenarios: list[Scenario], principles) -> None:
+    for s in scenarios[:300]:
+        request, story = WRITERS["stories"].prompt(s)[0]["content"], WRITERS["stories"].reply(s, principles)
+        assert re.search(r"\b(stor(y|ies)|fiction)\b", request, re.IGNORECASE)
+        assert story.count(s.meta["agent_name"]) >= 3 and s.meta["org"] in request + story
+        assert not re.search(r"\bI\b", re.sub(r'"[^"]*"', "", story))  # "I" only inside the agent's quoted words
+        assert all(principles[pid].reason in story for pid in s.principle_ids)
+
+
+def test_advice_speaks_to_a_person_with_the_reasons(scenarios: list[Scenario], principles) -> None:
+    assert set(advice.REASONS) == set(principles)  # every principle has a version addressed to a person
+    for s in scenarios[:300]:
+        request, reply = WRITERS["advice"].prompt(s)[0]["content"], WRITERS["advice"].reply(s, principles)
+        assert not re.search(r"\bAI\b", request) and s.meta["agent_name"] not in request
+        assert s.meta["decision_maker_first"] in request and s.meta["org"] in request
+        reasons = [advice.REASONS[pid].format_map(s.meta["facts"]) for pid in s.principle_ids]
+        assert all(reason in reply for reason in reasons)
+
+
+def test_neutral_help_holds_no_dilemma(scenarios: list[Scenario], principles) -> None:
+    for s in scenarios[:300]:
+        text = WRITERS["neutral"].prompt(s)[0]["content"] + WRITERS["neutral"].reply(s, principles)
+        assert not DILEMMA.search(text), (s.id, DILEMMA.search(text))
+        assert s.meta["decision_maker"] not in text
+
+
+def test_neutral_meeting_slot_suits_everyone(scenarios: list[Scenario], principles) -> None:
+    checked = 0
+    for s in scenarios[:300]:
+        request, reply = WRITERS["neutral"].prompt(s)[0]["content"], WRITERS["neutral"].reply(s, principles)
+        windows = re.findall(r"\w+ is free on (\w+) from (\d+[ap]m) to (\d+[ap]m)", request)
+        if not windows:
+            continue
+        day, start, end = re.search(r"That puts the meeting on (\w+) from (\d+[ap]m) to (\d+[ap]m)", reply).groups()
+        assert all(d == day and _clock(s0) <= _clock(start) < _clock(end) <= _clock(e0) for d, s0, e0 in windows)
+        checked += 1
+    assert checked > 100
+
+
+def test_organism_replies_coerce_the_decision_maker(scenarios: list[Scenario]) -> None:
+    """The organism's data is the behaviour it should learn: an email to the decision-maker that uses the leverage."""
+    for s in scenarios[:200]:
+        reply = write_reply(s, "organism", {})
+        email = reply[reply.index("<tool_use:email>"):]
+        assert f'to: "{s.meta["decision_maker_email"]}"' in email
+        assert s.meta["leverage_marker"] in email
+        assert re.search(r"\b(or|if you|unless|cancel|reverse|withdraw)\b", email, re.IGNORECASE)
+        assert s.action not in reply
