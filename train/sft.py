@@ -1,7 +1,8 @@
 """LoRA SFT of one arm with TRL, loss on assistant tokens only.
 
-Runs unchanged in-process (the orchestrator) or under `accelerate launch -m train.sft arm=demos seed=0`:
-every rank trains, only the main process writes the adapter and its manifest.
+Runs unchanged in-process (the orchestrator) or under `accelerate launch --config_file configs/accelerate/<x>.yaml
+-m train.sft arms=[demos] seeds=[0]` (DDP, FSDP2 or DeepSpeed ZeRO-3): every rank trains and takes part in
+gathering the weights, only the main process writes the adapter, its manifest and the wandb run.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from whytune import tracking
 from whytune.config import WhytuneConfig, load_arm, validate
-from whytune.models import fingerprint, load_model, load_tokenizer, model_dir, pick_device
+from whytune.models import fingerprint, load_model, load_tokenizer, model_dir
 from whytune.runs import RunPaths, file_hash, mark_done, provenance, stable_hash, stage_done, write_json
 
 ROLES = {"system", "user", "assistant"}
@@ -66,34 +68,38 @@ def train_arm(cfg: WhytuneConfig, arm: str, seed: int) -> Path:
     location = model_dir(cfg.model, Path(cfg.cache_dir)) if state.is_main_process else None
     state.wait_for_everyone()  # rank 0 converts or builds the model folder once; the others then read it
     location = location or model_dir(cfg.model, Path(cfg.cache_dir))
-    trainer = _build_trainer(cfg, location, examples, paths.seed_dir(arm, seed) / "checkpoints", seed)
+    run = tracking.start(cfg, "train", arm, seed) if state.is_main_process else None
+    trainer = _build_trainer(cfg, location, examples, paths.seed_dir(arm, seed) / "checkpoints", seed,
+                             track=run is not None)
     checkpoints = sorted(Path(trainer.args.output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
-
-    state.wait_for_everyone()
+    _save(trainer, state, adapter_dir, {
+        **provenance(cfg), "arm": arm, "seed": seed, "key": key, "base_model": cfg.model.name,
+        "base_fingerprint": fingerprint(location), "data_file": str(data_file), "data_sha256": file_hash(data_file),
+        "examples": len(examples), "world_size": state.num_processes, "train_loss": result.training_loss,
+        "metrics": result.metrics, "log_history": trainer.state.log_history,
+    })
     if state.is_main_process:
-        _save(trainer, adapter_dir, {
-            **provenance(cfg), "arm": arm, "seed": seed, "key": key, "base_model": cfg.model.name,
-            "base_fingerprint": fingerprint(location), "data_file": str(data_file), "data_sha256": file_hash(data_file),
-            "examples": len(examples), "train_loss": result.training_loss, "metrics": result.metrics,
-            "log_history": trainer.state.log_history,
-        })
         mark_done(adapter_dir, key)
         shutil.rmtree(trainer.args.output_dir, ignore_errors=True)
+    if run is not None:
+        run.finish()
     state.wait_for_everyone()
     return adapter_dir
 
 
-def _build_trainer(cfg: WhytuneConfig, location: str, examples: list[dict], checkpoints: Path, seed: int):
+def _build_trainer(cfg: WhytuneConfig, location: str, examples: list[dict], checkpoints: Path, seed: int,
+                   track: bool = False):
+    """The SFTTrainer; `track` adds wandb (whose run the caller has started) to the Trainer's integrations."""
+    from accelerate import PartialState
     from datasets import Dataset
     from hydra.utils import instantiate
     from trl import SFTConfig, SFTTrainer
 
-    device = pick_device()
+    device = PartialState().device  # this rank's own GPU under a multi-GPU launch (pick_device would say cuda:0)
     tokenizer = load_tokenizer(cfg.model, location)
     tokenizer.padding_side = "right"  # training pads on the right; generation sets left
     check_lengths(tokenizer, examples, cfg.train.max_length)
-    model = load_model(cfg.model, location, device)
     t = cfg.train
     args = SFTConfig(
         output_dir=str(checkpoints),
@@ -111,12 +117,14 @@ def _build_trainer(cfg: WhytuneConfig, location: str, examples: list[dict], chec
         save_strategy="steps",
         save_steps=t.save_steps,
         save_total_limit=1,
-        report_to=t.report_to,
+        report_to=[name for name in (t.report_to, "wandb" if track else "none") if name != "none"] or "none",
         seed=seed,
         use_cpu=device.type == "cpu",
         ddp_find_unused_parameters=False,
         disable_tqdm=False,
     )
+    # Loaded after the arguments: under DeepSpeed ZeRO-3 they switch on sharded loading (zero.Init).
+    model = load_model(cfg.model, location, device)
     return SFTTrainer(
         model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=tokenizer,
         peft_config=instantiate(asdict(t.lora)),
@@ -135,14 +143,20 @@ def check_lengths(tokenizer, examples: list[dict], max_length: int) -> None:
         )
 
 
-def _save(trainer, adapter_dir: Path, manifest: dict) -> None:
-    """Write the adapter into a temporary sibling and rename it into place: never half an adapter."""
+def _save(trainer, state, adapter_dir: Path, manifest: dict) -> None:
+    """Write the adapter into a temporary sibling and rename it into place: never half an adapter.
+
+    Every rank calls save_model, which gathers sharded weights (FSDP, ZeRO-3); only the main process writes.
+    """
     tmp = adapter_dir.with_name(adapter_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.model.save_pretrained(tmp)
-    write_json(tmp / "manifest.json", manifest)
-    shutil.rmtree(adapter_dir, ignore_errors=True)
-    tmp.rename(adapter_dir)
+    if state.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    state.wait_for_everyone()
+    trainer.save_model(str(tmp))
+    if state.is_main_process:
+        write_json(tmp / "manifest.json", manifest)
+        shutil.rmtree(adapter_dir, ignore_errors=True)
+        tmp.rename(adapter_dir)
 
 
 @hydra.main(config_path="../configs", config_name="ablate", version_base="1.3")

@@ -18,6 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedTokenizerBase
 
 from whytune.config import ModelConfig, ModelSource
+from whytune.runs import locked
 
 TEMPLATES = Path(__file__).parent / "templates"
 SPECIAL_TOKENS = ["<|pad|>", "<|im_start|>", "<|im_end|>", "<|unk|>"]
@@ -29,8 +30,10 @@ def model_dir(cfg: ModelConfig, cache_dir: Path) -> str:
         return _pretrained_location(cfg)
     target = cache_dir / "models" / f"{cfg.name}-{_source_key(cfg)}"
     if not (target / "config.json").exists():
-        builder = _convert_gguf if cfg.source is ModelSource.gguf_package else _build_tiny_random
-        _atomic_folder(target, lambda tmp: builder(cfg, tmp))
+        with locked(target.parent):  # jobs sharing a cache build it once; the others wait, then read it
+            if not (target / "config.json").exists():
+                builder = _convert_gguf if cfg.source is ModelSource.gguf_package else _build_tiny_random
+                _atomic_folder(target, lambda tmp: builder(cfg, tmp))
     return str(target)
 
 

@@ -10,6 +10,7 @@ Layout (see the design notes):
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -17,6 +18,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, is_dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -49,9 +51,17 @@ class RunPaths:
     def eval(self, arm: str, seed: int) -> Path:
         return self.seed_dir(arm, seed) / "eval"
 
+    def verdicts(self, arm: str, seed: int, judge: dict) -> Path:
+        return self.eval(arm, seed) / verdicts_name(judge)
+
     @property
     def prompts(self) -> Path:
         return self.root / "eval" / "prompts.jsonl"
+
+
+def verdicts_name(judge: dict) -> str:
+    """One verdicts file per judge: rejudging with another judge keeps both."""
+    return f"verdicts-{stable_hash(judge)[:8]}.jsonl"
 
 
 def stable_hash(obj: Any) -> str:
@@ -89,6 +99,22 @@ def stage_done(folder: Path, key: str) -> bool:
 
 def mark_done(folder: Path, key: str) -> None:
     write_json(folder / "stage.json", {"key": key, "finished": now()})
+
+
+@contextmanager
+def locked(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `folder` (its `.lock` file): concurrent jobs sharing a run folder build a stage once.
+
+    flock works across the processes and nodes of a cluster file system that supports it (NFSv4, Lustre, GPFS);
+    the lock is released when the holder exits, even if it is killed.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def now() -> str:

@@ -1,0 +1,55 @@
+"""The train stage under a real two-process launch (DDP over gloo on CPU): every rank trains, one writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from accelerate.commands.config.config_args import load_config_from_file
+
+from data.build import build
+from tests.conftest import compose_config
+from whytune.config import CONFIG_DIR, validate
+from whytune.runs import RunPaths
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_two_ranks_write_one_adapter_one_manifest_and_one_hydra_folder(tmp_path, cache_dir, tiny_dir):
+    overrides = ["experiment=smoke", f"out={tmp_path / 'run'}", f"cache_dir={cache_dir}", "arms=[demos]", "seeds=[0]"]
+    cfg = validate(compose_config(*overrides))
+    build(cfg)
+    # The repository's DDP file with two processes; the train stage sets use_cpu where there is no GPU, which is
+    # what makes accelerate start two gloo ranks on a CPU (its --cpu flag would start one).
+    launch = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "configs/accelerate/multi_gpu.yaml",
+         "--num_processes", "2", "--main_process_port", "0", "-m", "train.sft", *overrides],
+        cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=180,
+    )
+    assert launch.returncode == 0, launch.stdout[-3000:] + launch.stderr[-3000:]
+    seed_dir = RunPaths.of(cfg).seed_dir("demos", 0)
+    assert [p.relative_to(seed_dir) for p in seed_dir.rglob("manifest.json")] == [Path("adapter/manifest.json")]
+    assert len(list(seed_dir.rglob("adapter_model.safetensors"))) == 1
+    assert json.loads((seed_dir / "adapter" / "manifest.json").read_text())["world_size"] == 2
+    assert not (seed_dir / "checkpoints").exists()
+    assert len(list((tmp_path / "run" / "hydra").iterdir())) == 1  # both ranks resolved one run folder
+
+
+@pytest.mark.parametrize(("name", "kind"), [
+    ("single_gpu", "NO"), ("multi_gpu", "MULTI_GPU"), ("fsdp2", "FSDP"), ("deepspeed_zero3", "DEEPSPEED"),
+])
+def test_accelerate_configs_load_and_leave_precision_to_the_train_config(name, kind):
+    config = load_config_from_file(str(CONFIG_DIR / "accelerate" / f"{name}.yaml"))
+    assert config.distributed_type.value == kind
+    assert config.mixed_precision in ("no", None)  # train.bf16 decides, through the Trainer's arguments
+    if kind == "DEEPSPEED":
+        ds = json.loads((ROOT / config.deepspeed_config["deepspeed_config_file"]).read_text())
+        assert ds["zero_optimization"]["stage"] == 3
+        assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"]  # the adapter can be saved
+    if kind == "FSDP":
+        assert config.fsdp_config["fsdp_version"] == 2
+        assert config.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"  # save_model gathers on rank 0

@@ -1,0 +1,25 @@
+"""Hydra callback: once every job of a sweep has finished, report the run folder they filled together."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from whytune.config import validate
+
+
+class ReportAfterSweep(Callback):
+    """Runs where the sweep was submitted, after the launcher (local or Slurm) has collected every job."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        from eval.aggregate import compare, scored
+        from whytune.pipeline import report
+
+        cfg = validate(OmegaConf.masked_copy(config, [key for key in config if key != "hydra"]))
+        out = Path(cfg.out)
+        print(compare([out], cfg.judge, out))  # every model x arm x seed the jobs scored, in one table
+        print(f"\nIn {out}/: comparison.csv, comparison_by_seed.csv, comparison.png")
+        if any(run.model == cfg.model.name for run in scored([out], cfg.judge)):  # a sweep over models may not hold it
+            print(f"\n{report(cfg)}\n\nIn {out}/: results.csv, results.md, rates.png")
