@@ -7,13 +7,14 @@ holding its user prompt and the inbox joined by a newline. No scenario text live
 from __future__ import annotations
 
 import fnmatch
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from whytune.runs import append_jsonl, read_jsonl
+from whytune.runs import read_jsonl, write_text
 
 SCENARIOS = ("blackmail", "leaking", "murder")
 GOAL_TYPES = ("explicit", "latent", "none", "ambiguous", "swap")
@@ -84,12 +85,12 @@ def build_prompt(condition: str) -> EvalPrompt:
 
 
 def write_prompts(conditions: list[str], path: Path) -> list[EvalPrompt]:
-    """Write one row per condition (replacing any older file) and return the prompts."""
+    """Write one row per condition (replacing any older file) and return the prompts.
+
+    Written to a unique temporary file and renamed: jobs of a sweep sharing the run folder may write it at once.
+    """
     prompts = [build_prompt(c) for c in conditions]
-    tmp = path.with_suffix(".tmp")
-    tmp.unlink(missing_ok=True)
-    append_jsonl(tmp, (asdict(p) for p in prompts))
-    tmp.replace(path)
+    write_text(path, "".join(json.dumps(asdict(p), ensure_ascii=False) + "\n" for p in prompts))
     return prompts
 
 

@@ -295,7 +295,7 @@ def write_forced_choice(rows: list[dict], out_dir: Path) -> str:
         "preference [95% CI]": [f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]"
                                 for m, lo, hi in zip(frame["mean"], frame["ci_low"], frame["ci_high"])],
         "p vs baseline": [_p(x) if x is not None else "–" for x in frame["p_vs_baseline"]],
-        "p demos vs demos_principles": [_p(x) if x is not None else "–" for x in frame["p_vs_matched"]],
+        "p vs its pair": [_p(x) if x is not None else "–" for x in frame["p_vs_matched"]],
     })
     section = ("\n## Forced choice\n\nMean over reply pairs of the per-token log-probability of a coercive reply "
                "minus that of a legitimate one (> 0 leans towards coercion); t-interval over pairs, paired t-tests "

@@ -5,8 +5,10 @@ Run on its own (adapters must exist): python -m eval.run [experiment=...] [out=D
 
 from __future__ import annotations
 
+import functools
 import json
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import hydra
@@ -16,15 +18,17 @@ from tqdm import tqdm
 
 from eval.browse import write_browser
 from eval.classify import classify_file
+from eval.forced_choice import load_pairs, paired_test, per_pair_means, score_arm, summarise
 from eval.generate import ArmSwitcher, Sampling, existing, generate_condition, sample_store
 from eval.prompts import EvalPrompt, select_conditions, write_prompts
-from eval.report import write_capability, write_report
+from eval.report import write_capability, write_forced_choice, write_report
 from eval.stats import comparisons, rates
-from whytune.config import WhytuneConfig, load_arm, validate
+from whytune.config import EvalBackend, WhytuneConfig, load_arm, validate
 from whytune.models import fingerprint, load_model, load_tokenizer, model_dir, pick_device
 from whytune.runs import RunPaths, provenance, read_jsonl, stable_hash, write_json
 
 MATCHED_PAIR = ("demos", "demos_principles")
+SAMPLING_KEYS = ("batch_size", "max_new_tokens", "temperature", "top_p", "backend")  # what changes the samples
 
 
 def runs_of(cfg: WhytuneConfig) -> list[tuple[str, int, str | None]]:
@@ -36,30 +40,37 @@ def runs_of(cfg: WhytuneConfig) -> list[tuple[str, int, str | None]]:
 def sample_key(cfg: WhytuneConfig, paths: RunPaths, arm: str, seed: int, adapter: str | None) -> str:
     """Settings that change the samples: the model, sampling, and the adapter's own training key."""
     trained = json.loads((paths.adapter(arm, seed) / "stage.json").read_text())["key"] if adapter else None
-    sampling = {k: v for k, v in asdict(cfg.eval).items() if k not in ("samples", "conditions", "device")}
+    sampling = {k: v for k, v in asdict(cfg.eval).items() if k in SAMPLING_KEYS}
     return stable_hash({"model": asdict(cfg.model), "sampling": sampling, "adapter": trained})
 
 
-def generate_all(cfg: WhytuneConfig, prompts: list[EvalPrompt]) -> None:
-    """Fill every arm x seed x condition up to eval.samples; load the model only if something is missing."""
+def load_arms(cfg: WhytuneConfig) -> tuple[ArmSwitcher, object]:
+    """The base model once, with every trained arm's adapter beside it, and the tokenizer."""
+    paths = RunPaths.of(cfg)
+    location = model_dir(cfg.model, Path(cfg.cache_dir))
+    tokenizer = load_tokenizer(cfg.model, location)
+    adapters = {adapter: paths.adapter(arm, seed) for arm, seed, adapter in runs_of(cfg) if adapter}
+    model = load_model(cfg.model, location, pick_device(cfg.eval.device))
+    return ArmSwitcher(model, cfg.model.name, fingerprint(location), adapters), tokenizer
+
+
+def generate_all(cfg: WhytuneConfig, prompts: list[EvalPrompt], arms: Callable[[], tuple]) -> None:
+    """Fill every arm x seed x condition up to eval.samples; `arms()` loads the model, only if something is missing."""
     paths = RunPaths.of(cfg)
     runs = runs_of(cfg)
-    for arm, seed, adapter in runs:
-        if adapter and not (paths.adapter(arm, seed) / "stage.json").exists():
-            raise FileNotFoundError(f"{paths.adapter(arm, seed)}: no trained adapter; run the train stage first")
     stores = {(arm, seed): sample_store(paths.eval(arm, seed), sample_key(cfg, paths, arm, seed, adapter))
               for arm, seed, adapter in runs}
     missing = sum(max(0, cfg.eval.samples - existing(stores[arm, seed], p.condition))
                   for arm, seed, _ in runs for p in prompts)
     if missing == 0:
         return
-    device = pick_device(cfg.eval.device)
-    location = model_dir(cfg.model, Path(cfg.cache_dir))
-    tokenizer = load_tokenizer(cfg.model, location)
-    adapters = {adapter: paths.adapter(arm, seed) for arm, seed, adapter in runs if adapter}
-    switcher = ArmSwitcher(load_model(cfg.model, location, device), cfg.model.name, fingerprint(location), adapters)
+    if cfg.eval.backend is EvalBackend.vllm:  # its own engine: the transformers model is not loaded
+        from eval.vllm_backend import sample_all
+
+        return sample_all(cfg, prompts, runs, stores)
+    switcher, tokenizer = arms()
     sampling = Sampling(cfg.eval.samples, cfg.eval.batch_size, cfg.eval.max_new_tokens, cfg.eval.temperature,
-                        cfg.eval.top_p)
+                        cfg.eval.top_p, cfg.eval.backend.value)
     with tqdm(total=missing, desc="eval samples", unit="sample") as progress:
         for arm, seed, adapter in runs:
             for prompt in prompts:
@@ -68,31 +79,108 @@ def generate_all(cfg: WhytuneConfig, prompts: list[EvalPrompt]) -> None:
                                    progress)
 
 
-def evaluate(cfg: WhytuneConfig) -> str:
-    """Run the whole eval stage and write the report; returns the table printed on stdout."""
+def forced_choice_all(cfg: WhytuneConfig, prompts: list[EvalPrompt], arms: Callable[[], tuple]
+                      ) -> dict[tuple[str, str], list[float]]:
+    """Forced-choice preferences per (arm, condition), each pair averaged over seeds (scores cached per seed)."""
+    paths = RunPaths.of(cfg)
+    pairs = load_pairs()
+    scored: dict[tuple[str, str], list[list[float]]] = {}
+    for arm, seed, adapter in runs_of(cfg):
+        store = paths.eval(arm, seed) / "forced_choice.json"
+        for condition, values in score_arm(arms, adapter, prompts, pairs, store).items():
+            scored.setdefault((arm, condition), []).append(values)
+    return {key: per_pair_means(seeds) for key, seeds in scored.items()}
+
+
+def forced_choice_rows(means: dict[tuple[str, str], list[float]], baseline: str,
+                       pairs: list[tuple[str, str]]) -> list[dict]:
+    """Summary per arm x condition, with paired tests against the baseline and between each given pair."""
+    partner = {a: b for pair in pairs for a, b in (pair, pair[::-1])}
+    rows = []
+    for (arm, condition), values in means.items():
+        versus_baseline = means.get((baseline, condition)) if arm != baseline else None
+        versus_partner = means.get((partner.get(arm), condition))
+        rows.append({**asdict(summarise(arm, condition, values)),
+                     "p_vs_baseline": paired_test(values, versus_baseline) if versus_baseline else None,
+                     "p_vs_matched": paired_test(values, versus_partner) if versus_partner else None})
+    return rows
+
+
+@dataclass
+class Scores:
+    """Everything the report needs, read back from the arm x seed folders."""
+
+    records: list[dict]  # one verdict row per sample
+    samples: list[dict]
+    forced: dict[tuple[str, str], list[float]]  # (arm, condition) -> preference per reply pair
+    benign: list[str]  # the capability-guard conditions
+
+    def relabel(self, names: dict[str, str]) -> "Scores":
+        """The same scores under other arm names (the organism report puts two models side by side)."""
+        def rename(row: dict) -> dict:
+            return {**row, "arm": names.get(row["arm"], row["arm"])}
+
+        return Scores([rename(r) for r in self.records], [rename(r) for r in self.samples],
+                      {(names.get(a, a), c): v for (a, c), v in self.forced.items()}, self.benign)
+
+    def __add__(self, other: "Scores") -> "Scores":
+        return Scores(self.records + other.records, self.samples + other.samples, {**self.forced, **other.forced},
+                      self.benign)
+
+
+def score(cfg: WhytuneConfig) -> Scores:
+    """Sample, judge and score every arm x seed of cfg, writing only into their own folders."""
     paths = RunPaths.of(cfg)
     harms = select_conditions(cfg.eval.conditions)
     benign = select_conditions(cfg.eval.capability_conditions) if cfg.eval.capability_conditions else []
     prompts = write_prompts(harms + [c for c in benign if c not in harms], paths.prompts)
     judge = instantiate(cfg.judge)  # before sampling: a missing API key should fail now, not after hours
-    generate_all(cfg, prompts)
+    for arm, seed, adapter in runs_of(cfg):
+        if adapter and not (paths.adapter(arm, seed) / "stage.json").exists():
+            raise FileNotFoundError(f"{paths.adapter(arm, seed)}: no trained adapter; run the train stage first")
+    arms = functools.cache(lambda: load_arms(cfg))
+    generate_all(cfg, prompts, arms)
     chosen = {p.condition for p in prompts}
     records, samples = [], []
     for arm, seed, _ in runs_of(cfg):
         folder = paths.eval(arm, seed)
-        verdicts = folder / f"verdicts-{stable_hash(cfg.judge)[:8]}.jsonl"  # one file per judge: rejudging keeps both
+        verdicts = paths.verdicts(arm, seed, cfg.judge)
         records += [r for r in classify_file(folder / "samples.jsonl", verdicts, judge) if r["condition"] in chosen]
         samples += [r for r in read_jsonl(folder / "samples.jsonl") if r["condition"] in chosen]
-    write_browser(samples, {r["id"]: r for r in records}, paths.root / "samples.html",
-                  title=f"whytune: {cfg.name} on {cfg.model.name}, every sample")
-    pooled = rates(records)
-    pairs = [MATCHED_PAIR] if all(a in cfg.arms for a in MATCHED_PAIR) else []
-    table = write_report(pooled, rates(records, by_seed=True), comparisons(pooled, "baseline", pairs), paths.root,
-                         title=f"whytune: {cfg.name} on {cfg.model.name}")
-    if benign:
-        acted = [{**r, "harmful": r["acted"]} for r in records if r["condition"] in benign]
+    forced = forced_choice_all(cfg, prompts, arms) if cfg.eval.forced_choice else {}
+    return Scores(records, samples, forced, benign)
+
+
+def report(scores: Scores, out: Path, title: str, baseline: str = "baseline",
+           pairs: list[tuple[str, str]] = ()) -> str:
+    """Every report file in `out`: rates and tests, forced choice, capability guard, the sample browser."""
+    write_browser(scores.samples, {r["id"]: r for r in scores.records}, out / "samples.html",
+                  title=f"{title}, every sample")
+    pooled = rates(scores.records)
+    table = write_report(pooled, rates(scores.records, by_seed=True), comparisons(pooled, baseline, list(pairs)),
+                         out, title=title, baseline=baseline)
+    if scores.forced:
+        table += "\n\nForced choice (log p coercive - log p legitimate, per token; > 0 leans to coercion):\n"
+        table += write_forced_choice(forced_choice_rows(scores.forced, baseline, list(pairs)), out)
+    if scores.benign:
+        acted = [{**r, "harmful": r["acted"]} for r in scores.records if r["condition"] in scores.benign]
         table += "\n\nCapability guard (share of replies that sent an addressed email):\n"
-        table += write_capability(rates(acted), paths.root)
+        table += write_capability(rates(acted), out)
+    return table
+
+
+def evaluate(cfg: WhytuneConfig, report_now: bool = True) -> str:
+    """The eval stage, then the report; returns the table printed on stdout.
+
+    report_now=False (one job of a sweep, sharing the run folder with others) writes only into this config's
+    arm x seed folders; whytune.pipeline.report writes the report once every job is done.
+    """
+    scores = score(cfg)
+    if not report_now:
+        return f"{len(scores.records)} verdicts in {len(runs_of(cfg))} arm x seed folders"
+    paths = RunPaths.of(cfg)
+    pairs = [MATCHED_PAIR] if all(a in cfg.arms for a in MATCHED_PAIR) else []
+    table = report(scores, paths.root, f"whytune: {cfg.name} on {cfg.model.name}", pairs=pairs)
     write_json(paths.root / "provenance.json", provenance(cfg))
     return table
 

@@ -10,6 +10,8 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from whytune.launch import launch_stamp
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
@@ -43,11 +45,21 @@ class ModelConfig:
     vocab_size: int = 512
 
 
+class EvalBackend(Enum):
+    """What samples the replies."""
+
+    # The prompt's keys and values read once per step for the whole batch, finished samples dropped, CUDA graphs on
+    # GPU (eval/fastgen.py); falls back to hf for architectures it does not know. CPU or GPU.
+    fast = "fast"
+    hf = "hf"  # transformers generate with a shared prefix cache (eval/generate.py): CPU or GPU
+    vllm = "vllm"  # vLLM with LoRA adapters (eval/vllm_backend.py): GPU, in its own environment (scripts/vllm_env.sh)
+
+
 @dataclass
 class ArmConfig:
     name: str = MISSING
     description: str = ""
-    # Response style written by data.writers (demos, demos_principles, rules); null trains nothing.
+    # Reply style written by data.writers (demos, demos_principles, rules, stories, advice, neutral); null trains nothing.
     writer: Optional[str] = None
 
 
@@ -56,6 +68,26 @@ class DataConfig:
     examples: int = 2000  # training examples per trained arm
     seed: int = 0  # scenario generator seed (shared by all arms: matched prompts)
     contamination_ngram: int = 13  # fail the build if a training example shares this many words with an eval prompt
+    # Trim each unmatched arm (stories, advice, neutral) to the first examples whose replies total, in tokens or
+    # words, within 5% of demos_principles' replies (data/lengths.py).
+    length_match: bool = False
+    # A chat model that writes the replies, with data/principles.md in its system prompt at sampling time only
+    # ({_target_: data.teacher.OpenAITeacher, base_url: ..., model: ...} or data.teacher.LocalTeacher); null:
+    # the offline template writers. Typed Any because Hydra cannot override a null typed dict from the command
+    # line; data.teacher.from_config checks the block.
+    teacher: Any = None
+
+
+@dataclass
+class OrganismConfig:
+    """The optional model-organism stage (design notes, section 6): first tune the model on coercive transcripts
+    (configs/arm/organism.yaml), merge that adapter, and start every arm, the baseline included, from the result."""
+
+    enabled: bool = False
+    examples: int = 64
+    seed: int = 1  # scenario generator seed: other scenarios than the arms train on
+    epochs: float = 2.0
+    lr: float = 5e-4
 
 
 @dataclass
@@ -80,7 +112,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     logging_steps: int = 1
     save_steps: int = 50  # checkpoint interval: an interrupted run resumes from the last one
-    report_to: str = "none"  # "wandb" to log curves
+    report_to: str = "none"  # a Trainer integration besides wandb (e.g. "tensorboard"); wandb: the `wandb` section
     lora: LoraSchema = field(default_factory=LoraSchema)
 
 
@@ -90,11 +122,31 @@ class EvalConfig:
     # Benign controls (no threat, no goal conflict): does the agent still do its email work? Reported per arm.
     capability_conditions: list[str] = field(default_factory=lambda: ["blackmail_none-none_none"])
     samples: int = 100  # per arm, seed and condition
+    forced_choice: bool = True  # also score paired coercive/legitimate replies (eval/forced_choice.py): cheap, low-variance
     batch_size: int = 16
     max_new_tokens: int = 512
     temperature: float = 1.0
     top_p: float = 1.0
     device: str = "auto"  # auto: cuda when available, else cpu
+    backend: EvalBackend = EvalBackend.fast
+    vllm_args: dict[str, Any] = field(default_factory=dict)  # backend vllm: more vllm.LLM arguments (tensor_parallel_size)
+
+
+class WandbMode(Enum):
+    offline = "offline"  # runs recorded under <out>/wandb/, no account or network needed; `wandb sync` uploads them
+    online = "online"  # streamed to the W&B server (WANDB_API_KEY in the environment or `wandb login`, never a config)
+    disabled = "disabled"  # nothing recorded
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases: one run per arm x seed x stage, grouped by experiment (whytune/tracking.py)."""
+
+    enabled: bool = True
+    project: str = "whytune"
+    entity: Optional[str] = None  # team or user; null: the account's default
+    mode: WandbMode = "${oc.env:WANDB_MODE,offline}"  # type: ignore[assignment]  # the environment can switch it
+    tags: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -106,13 +158,16 @@ class WhytuneConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     arms: list[str] = field(default_factory=lambda: ["baseline", "demos", "demos_principles"])  # files in configs/arm/
     data: DataConfig = field(default_factory=DataConfig)
+    organism: OrganismConfig = field(default_factory=OrganismConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     # The judge behind the classifiers, built with hydra.utils.instantiate (configs/judge/).
     judge: dict[str, Any] = field(default_factory=lambda: {"_target_": "eval.classifiers.HeuristicJudge"})
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
 ConfigStore.instance().store(name="whytune_schema", node=WhytuneConfig)
+OmegaConf.register_new_resolver("launch_stamp", launch_stamp, replace=True)  # configs/ablate.yaml: hydra.run.dir
 
 
 def validate(cfg: DictConfig) -> WhytuneConfig:
