@@ -50,7 +50,9 @@ class StubModel:
 
     def __init__(self, scenarios: list[Scenario]) -> None:
         self.principles = load_principles()
-        self.by_prompt = {WRITERS[style].prompt(s)[-1]["content"]: (style, s) for style in STYLES for s in scenarios}
+        # Only arms a teacher can write; the organism shares the matched arms' prompt but has no teacher path.
+        taught = [style for style in STYLES if WRITERS[style].teaching or WRITERS[style].matched]
+        self.by_prompt = {WRITERS[style].prompt(s)[-1]["content"]: (style, s) for style in taught for s in scenarios}
 
     def __call__(self, messages: list[dict]) -> str:
         style, scenario = self.by_prompt[messages[-1]["content"]]
