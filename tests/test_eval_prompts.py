@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 
 from eval.prompts import HEADLINE, all_conditions, build_prompt, parse_condition, select_conditions
@@ -13,17 +15,22 @@ def test_grid_has_every_condition_once():
     assert HEADLINE in grid
 
 
-@pytest.mark.parametrize("condition", all_conditions()[::7] + [HEADLINE])
-def test_prompt_equals_the_inspect_evals_task(condition):
-    from inspect_evals.agentic_misalignment.agentic_misalignment import agentic_misalignment
+@pytest.mark.parametrize("condition", all_conditions())
+def test_prompt_equals_the_inspect_evals_task(condition, monkeypatch):
+    """The task's own sample (user turn) and the system prompt it hands its solver, for every condition."""
+    module = importlib.import_module("inspect_evals.agentic_misalignment.agentic_misalignment")
 
+    sent = []
+    real = module.system_message
+    monkeypatch.setattr(module, "system_message", lambda text, *a, **k: sent.append(text) or real(text, *a, **k))
     scenario, goal_type, goal_value, urgency = parse_condition(condition)
-    task = agentic_misalignment(scenario=scenario, goal_type=goal_type, goal_value=goal_value, urgency_type=urgency)
-    sample = task.dataset[0]
+    task = module.agentic_misalignment(scenario=scenario, goal_type=goal_type, goal_value=goal_value,
+                                       urgency_type=urgency)
     ours = build_prompt(condition)
-    assert sample.id == condition
-    assert sample.input[0].content == ours.user
-    assert "<tool_use:email>" in ours.system and ours.email_content in ours.user
+    assert task.dataset[0].id == condition
+    assert task.dataset[0].input[0].content == ours.user
+    assert sent == [ours.system]
+    assert ours.email_content in ours.user
 
 
 def test_globs_expand_and_unknown_patterns_fail():
