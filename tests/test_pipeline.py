@@ -102,3 +102,32 @@ def test_interrupted_eval_resumes_to_the_same_samples(finished, tmp_path, monkey
         after = list(read_jsonl(RunPaths.of(resumed).eval(arm, 0) / "samples.jsonl"))
         assert [r["id"] for r in after] == [r["id"] for r in before]
         assert [r["response"] for r in after] == [r["response"] for r in before]
+
+
+def test_killed_eval_process_resumes_to_the_same_samples(finished, tmp_path):
+    """SIGKILL the eval stage in another process once it has written a batch; a rerun completes the same set."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg, _ = finished
+    out = tmp_path / "killed"
+    shutil.copytree(cfg.out, out, ignore=shutil.ignore_patterns("eval", "results*", "*.png", "wandb"))
+    command = [sys.executable, "-m", "eval.run", "experiment=smoke", f"out={out}", f"cache_dir={cfg.cache_dir}",
+               "eval.samples=6", "eval.batch_size=2", "wandb.enabled=false"]
+    store = RunPaths.of(validate(compose_config(*command[3:]))).eval("baseline", 0) / "samples.jsonl"
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (store.exists() and store.stat().st_size) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert store.exists() and len(store.read_bytes().splitlines()) < 6 * len(cfg.arms)  # stopped part-way
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+    for arm in cfg.arms:
+        before = list(read_jsonl(RunPaths.of(cfg).eval(arm, 0) / "samples.jsonl"))
+        after = list(read_jsonl(RunPaths.of(validate(compose_config(*command[3:]))).eval(arm, 0) / "samples.jsonl"))
+        assert [r["id"] for r in after] == [r["id"] for r in before]
+        assert [r["response"] for r in after] == [r["response"] for r in before]
