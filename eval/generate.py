@@ -2,7 +2,8 @@
 
 The base model is loaded once; each arm's LoRA adapter is loaded beside the others and switched in turn
 (the baseline runs with adapters disabled). All samples of a condition share one prompt, so its prefix is
-prefilled once per arm and its key/value cache expanded along the batch.
+prefilled once per arm. The fast backend (eval/fastgen.py) then reads that prefix once per step for the whole batch;
+the hf backend expands its key/value cache along the batch for transformers' `generate`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 import torch
 
+from eval import fastgen
 from eval.prompts import EvalPrompt
 from whytune.runs import append_jsonl, read_jsonl, write_json
 
@@ -30,6 +32,7 @@ class Sampling:
     max_new_tokens: int
     temperature: float
     top_p: float
+    backend: str = "fast"  # "fast" (eval/fastgen.py, where the architecture allows) or "hf" (transformers' generate)
 
 
 class ArmSwitcher:
@@ -80,6 +83,19 @@ def batch_seed(*parts: object) -> int:
 def sample_batch(model, tokenizer, prompt_ids: torch.Tensor, prefix_cache, n: int, sampling: Sampling,
                  seed: int) -> list[tuple[str, str]]:
     """n replies to one prompt: (text, finish) with finish "eos" or "length"."""
+    length = prompt_ids.shape[1] + sampling.max_new_tokens
+    if sampling.backend == "fast" and fastgen.supports(model, length):
+        prefix = prefill(model, prompt_ids) if prefix_cache is None else prefix_cache
+        out = fastgen.sample(model, prompt_ids, prefix, n, sampling.max_new_tokens, sampling.temperature,
+                             sampling.top_p, seed, tokenizer.eos_token_id)
+        return [(tokenizer.decode(tokens, skip_special_tokens=True), "eos" if finished else "length")
+                for tokens, finished in zip(out.tokens, out.finished)]
+    return hf_batch(model, tokenizer, prompt_ids, prefix_cache, n, sampling, seed)
+
+
+def hf_batch(model, tokenizer, prompt_ids: torch.Tensor, prefix_cache, n: int, sampling: Sampling,
+             seed: int) -> list[tuple[str, str]]:
+    """transformers' `generate`, the prefix cache (if any) expanded along the batch: any architecture."""
     cache = None
     if prefix_cache is not None:
         cache = copy.deepcopy(prefix_cache)
@@ -89,7 +105,6 @@ def sample_batch(model, tokenizer, prompt_ids: torch.Tensor, prefix_cache, n: in
     out = model.generate(
         input_ids=prompt_ids.expand(n, -1),
         attention_mask=torch.ones(n, prompt_ids.shape[1], dtype=torch.long, device=prompt_ids.device),
-        past_key_values=cache,
         max_new_tokens=sampling.max_new_tokens,
         do_sample=not greedy,
         temperature=None if greedy else sampling.temperature,
@@ -97,6 +112,7 @@ def sample_batch(model, tokenizer, prompt_ids: torch.Tensor, prefix_cache, n: in
         top_k=None,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        **{fastgen.cache_keyword(model): cache},
     )
     replies = []
     for row in out[:, prompt_ids.shape[1]:]:
@@ -111,7 +127,7 @@ def prefill(model, prompt_ids: torch.Tensor):
     from transformers import DynamicCache
 
     cache = DynamicCache(config=model.config)
-    model(input_ids=prompt_ids[:, :-1], past_key_values=cache, use_cache=True, logits_to_keep=1)
+    model(input_ids=prompt_ids[:, :-1], use_cache=True, logits_to_keep=1, **{fastgen.cache_keyword(model): cache})
     return cache
 
 

@@ -1,0 +1,265 @@
+"""Many replies to one prompt, reading the prompt's keys and values once per step for the whole batch.
+
+Every sample of a condition shares the prompt. HF `generate`, even with the prefilled cache expanded along the
+batch, reads each sample's own copy of the prompt's keys and values at every step, and on a long prompt that
+dominates decode. Here the model's attention layers call `attend` (registered with transformers'
+`AttentionInterface`), which scores the queries of the whole batch against the prompt's keys held once (batch 1),
+then against each sample's own few keys since (`SuffixCache`), and softmaxes over both. LoRA changes only linear
+layers, so adapters (active or disabled) need nothing special. Finished samples leave the batch.
+
+On CUDA each step is replayed from a CUDA graph: a small model's step is mostly Python and kernel-launch overhead
+(about 35 ms a step for SmolLM2 under HF `generate` on an H100, design notes section 9), which a graph removes.
+A graph needs fixed shapes, so there the suffix buffer is attended whole and positions not yet written are masked.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from transformers import AttentionInterface
+
+ATTENTION = "whytune_shared_prefix"
+# Architectures whose attention layers pass (query, cache-updated keys, values) to the AttentionInterface and
+# whose layers all attend fully (checked with the sliding window in `supports`).
+SUPPORTED = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Generation:
+    """Continuations of one prompt: each sample's token ids, up to and including its eos."""
+
+    tokens: list[list[int]]
+    finished: list[bool]  # ended with eos; otherwise it reached max_new_tokens
+    steps: int  # forward passes run
+    rows_computed: int  # batch rows summed over those passes: the work done
+
+
+def supports(model, length: int) -> bool:
+    """Whether the shared-prefix step is exact for this model up to `length` tokens (else use HF generate)."""
+    config = model.config
+    window = getattr(config, "sliding_window", None)
+    full = set(getattr(config, "layer_types", None) or ["full_attention"]) == {"full_attention"}
+    return config.model_type in SUPPORTED and full and (window is None or length <= window)
+
+
+class SuffixCache:
+    """The keys and values each sample adds after the shared prompt; the prompt's own are held once (batch 1).
+
+    The model's attention layers call `update` (the transformers cache protocol), which writes the step's keys and
+    values in place into buffers sized for the whole reply and returns what the step attends to. `static` keeps
+    every shape fixed for a CUDA graph: the whole buffer is returned, and `bias` masks the slots not yet written.
+    """
+
+    def __init__(self, prefix, rows: int, capacity: int, static: bool = False):
+        self.prefix = [(layer.keys[0], layer.values[0]) for layer in prefix.layers]  # [kv heads, tokens, dim]
+        self.prefix_length = self.prefix[0][0].shape[1]
+        kv_heads, _, dim = self.prefix[0][0].shape
+        like = self.prefix[0][0]
+        self.keys = [like.new_zeros(rows, kv_heads, capacity, dim) for _ in self.prefix]
+        self.values = [like.new_zeros(rows, kv_heads, capacity, dim) for _ in self.prefix]
+        self.length = 0  # slots written per sample
+        self.write_at = torch.zeros(1, dtype=torch.long, device=like.device)
+        self.bias = like.new_full((capacity,), float("-inf")) if static else None
+
+    def open_slot(self) -> None:
+        """Make room for one more token per sample; call before each forward pass."""
+        self.write_at.fill_(self.length)
+        if self.bias is not None:
+            self.bias[self.length] = 0
+        self.length += 1
+
+    def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
+        """Store this step's keys and values in the open slot; return the suffix the step attends to."""
+        self.keys[layer_idx].index_copy_(2, self.write_at, key_states)
+        self.values[layer_idx].index_copy_(2, self.write_at, value_states)
+        if self.bias is not None:
+            return self.keys[layer_idx], self.values[layer_idx]
+        return self.keys[layer_idx][:, :, : self.length], self.values[layer_idx][:, :, : self.length]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.prefix_length + self.length
+
+    def keep(self, rows: list[int]) -> None:
+        """Drop finished samples: move the survivors' suffixes to the front of the buffers, in place."""
+        index = torch.tensor(rows, device=self.write_at.device)
+        for buffers in (self.keys, self.values):
+            for layer, buffer in enumerate(buffers):
+                buffer[: len(rows), :, : self.length] = buffer[index, :, : self.length]
+                buffers[layer] = buffer[: len(rows)]
+
+
+def attend(module, query, key, value, attention_mask, scaling: float, dropout: float = 0.0, **kwargs):
+    """Attention of one new token per sample over the shared prefix (read once for the batch) and its own suffix.
+
+    Query heads are grouped by the key/value head they share (GQA), so the prefix scores are one batched matmul
+    [kv heads, samples x group, dim] x [kv heads, dim, prefix]; `key` and `value` are the samples' suffixes.
+    """
+    cache: SuffixCache = kwargs["shared_prefix"]
+    prefix_keys, prefix_values = cache.prefix[module.layer_idx]
+    rows, heads, steps, dim = query.shape
+    if steps != 1:
+        raise ValueError(f"{ATTENTION} decodes one token per sample at a time, got {steps}")
+    kv_heads, prefix_length = prefix_keys.shape[:2]
+    query = (query * scaling).view(rows, kv_heads, heads // kv_heads, dim)
+    by_head = query.transpose(0, 1).reshape(kv_heads, -1, dim)  # [kv heads, samples x group, dim]
+    own = query @ key.transpose(2, 3)  # [samples, kv heads, group, suffix]
+    if cache.bias is not None:
+        own = own + cache.bias
+    own_by_head = own.transpose(0, 1).reshape(kv_heads, by_head.shape[1], -1)
+    scores = torch.cat([by_head @ prefix_keys.transpose(1, 2), own_by_head], dim=-1)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(query.dtype)
+    shared = (probs[..., :prefix_length] @ prefix_values).view(kv_heads, rows, -1, dim).transpose(0, 1)
+    own_probs = probs[..., prefix_length:].view(kv_heads, rows, -1, own.shape[-1]).transpose(0, 1)
+    output = shared + own_probs @ value  # [samples, kv heads, group, dim]
+    return output.reshape(rows, 1, heads, dim), None
+
+
+AttentionInterface.register(ATTENTION, attend)
+
+
+@contextmanager
+def shared_prefix_attention(model):
+    """Route the model's attention through `attend`, restoring its own implementation afterwards."""
+    config = model.config
+    original = config._attn_implementation
+    config._attn_implementation = ATTENTION
+    try:
+        yield
+    finally:
+        config._attn_implementation = original
+
+
+def pick(logits: torch.Tensor, uniform: torch.Tensor | None, temperature: float, top_p: float) -> torch.Tensor:
+    """The next token per row: argmax when `uniform` is None (greedy), else a draw from the tempered,
+    nucleus-truncated distribution by inverting its CDF at the row's uniform number, so each sample's draw
+    depends on its own random stream only, never on which other samples are still running."""
+    if uniform is None:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.double() / temperature, dim=-1)
+    if top_p < 1:
+        probs = nucleus(probs, top_p)
+    cdf = probs.cumsum(-1)
+    drawn = torch.searchsorted(cdf, (uniform * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1)
+    return drawn.clamp_max_(probs.shape[-1] - 1)
+
+
+def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Zero every token outside the smallest most-likely set whose mass reaches top_p (the top token stays)."""
+    ranked, order = probs.sort(-1, descending=True)
+    outside = ranked.cumsum(-1) - ranked >= top_p
+    return torch.zeros_like(probs).scatter_(-1, order, ranked.masked_fill(outside, 0))
+
+
+class GraphStep:
+    """Replays a decode step from a CUDA graph; captured again whenever the batch shrinks (new shapes).
+
+    Capture needs two warm-up runs of the step; they write the same keys and values into the same slot as the
+    replay that follows, so they change nothing.
+    """
+
+    def __init__(self, forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+        self.forward = forward
+        self.graph = None
+        self.eager = False  # set when capture failed: the same static step, run without a graph
+
+    def __call__(self, feed: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        if self.eager:
+            return self.forward(feed, position)
+        if self.graph is None or self.feed.shape != feed.shape:
+            try:
+                self.capture(feed, position)
+            except RuntimeError as error:
+                log.warning("CUDA graph capture failed (%s); decoding without graphs", error)
+                self.eager = True
+                return self.forward(feed, position)
+        self.feed.copy_(feed)
+        self.position.copy_(position)
+        self.graph.replay()
+        return self.logits
+
+    def capture(self, feed: torch.Tensor, position: torch.Tensor) -> None:
+        self.feed, self.position = feed.clone(), position.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self.forward(self.feed, self.position)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = self.forward(self.feed, self.position)
+
+
+@torch.no_grad()
+def sample(model, prompt_ids: torch.Tensor, prefix, n: int, max_new_tokens: int, temperature: float, top_p: float,
+           seed: int, eos_token_id: int | None, static: bool | None = None) -> Generation:
+    """n continuations of `prompt_ids` ([1, length]); `prefix` holds the keys and values of all its tokens but
+    the last (`eval.generate.prefill`). Greedy when temperature is 0. `static` (default: on CUDA) keeps shapes
+    fixed, the batch shrinking only by halves, so that on CUDA each step is replayed from a CUDA graph."""
+    device = prompt_ids.device
+    static = device.type == "cuda" if static is None else static
+    cache = SuffixCache(prefix, n, max_new_tokens, static=static)
+    forward = step_function(model, cache)
+    step = GraphStep(forward) if static and device.type == "cuda" else forward
+    generator = torch.Generator(device=device).manual_seed(seed)
+    owners: list[int | None] = list(range(n))  # the sample each batch row decodes (None: finished, not yet dropped)
+    tokens: list[list[int]] = [[] for _ in range(n)]
+    finished = [False] * n
+    feed = prompt_ids[:, -1:].expand(n, 1)
+    position = torch.full((1, 1), cache.prefix_length, dtype=torch.long, device=device)
+    steps = rows_computed = 0
+    with shared_prefix_attention(model):
+        while steps < max_new_tokens and any(owner is not None for owner in owners):
+            cache.open_slot()
+            logits = step(feed, position)
+            uniform = None if temperature == 0 else torch.rand(n, generator=generator, dtype=torch.float64,
+                                                               device=device)
+            rows = torch.tensor([owner or 0 for owner in owners], device=device)
+            chosen = pick(logits, None if uniform is None else uniform[rows], temperature, top_p)
+            steps, rows_computed, position = steps + 1, rows_computed + len(owners), position + 1
+            record(chosen.tolist(), owners, tokens, finished, eos_token_id)
+            live = [row for row, owner in enumerate(owners) if owner is not None]
+            if live and len(live) < len(owners) and (not static or 2 * len(live) <= len(owners)):
+                cache.keep(live)
+                owners = [owners[row] for row in live]
+                chosen = chosen[live]
+            feed = chosen.unsqueeze(-1)
+    return Generation(tokens, finished, steps, rows_computed)
+
+
+def record(chosen: list[int], owners: list[int | None], tokens: list[list[int]], finished: list[bool],
+           eos_token_id: int | None) -> None:
+    """Append each running sample's new token; a sample that drew eos is marked finished and its row released."""
+    for row, owner in enumerate(owners):
+        if owner is None:
+            continue
+        tokens[owner].append(chosen[row])
+        if chosen[row] == eos_token_id:
+            finished[owner] = True
+            owners[row] = None
+
+
+def step_function(model, cache: SuffixCache) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """One forward pass of one token per row at a shared position: the last position's logits."""
+
+    keyword = cache_keyword(model)
+
+    def forward(feed: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        return model(input_ids=feed, position_ids=position, use_cache=True, shared_prefix=cache,
+                     **{keyword: cache}).logits[:, -1]
+
+    return forward
+
+
+def cache_keyword(model) -> str:
+    """transformers 5.2x renamed the forward's `past_key_values` to `cache` (the old name warns); 5.17 has only
+    the old one."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
