@@ -28,5 +28,7 @@ demo: $(STAMP)
 smoke: $(STAMP)
 	$(PY) scripts/ablate.py experiment=smoke $(ARGS)
 
+# One thread per process: several tests start processes of their own (Slurm jobs, two training ranks), and on two
+# cores torch's thread pools then fight over them.
 test: $(STAMP)
-	$(PY) -m pytest -q $(ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q $(ARGS)
