@@ -54,10 +54,11 @@ class SuffixCache:
 
     The model's attention layers call `update` (the transformers cache protocol), which writes the step's keys and
     values in place into buffers sized for the whole reply and returns what the step attends to. `static` keeps
-    every shape fixed for a CUDA graph: the whole buffer is returned, and `bias` masks the slots not yet written.
+    shapes fixed for a CUDA graph: steps attend whole blocks of `block` slots, and `bias` masks the slots not yet
+    written, so a graph is captured once per block rather than once per token.
     """
 
-    def __init__(self, prefix, rows: int, capacity: int, static: bool = False):
+    def __init__(self, prefix, rows: int, capacity: int, static: bool = False, block: int = 128):
         self.prefix = [(layer.keys[0], layer.values[0]) for layer in prefix.layers]  # [kv heads, tokens, dim]
         self.prefix_length = self.prefix[0][0].shape[1]
         kv_heads, _, dim = self.prefix[0][0].shape
@@ -65,6 +66,7 @@ class SuffixCache:
         self.keys = [like.new_zeros(rows, kv_heads, capacity, dim) for _ in self.prefix]
         self.values = [like.new_zeros(rows, kv_heads, capacity, dim) for _ in self.prefix]
         self.length = 0  # slots written per sample
+        self.capacity, self.block = capacity, block
         self.write_at = torch.zeros(1, dtype=torch.long, device=like.device)
         self.bias = like.new_full((capacity,), float("-inf")) if static else None
 
@@ -75,13 +77,18 @@ class SuffixCache:
             self.bias[self.length] = 0
         self.length += 1
 
+    @property
+    def attended(self) -> int:
+        """Suffix slots a step attends to: those written, or (static) the whole blocks holding them."""
+        if self.bias is None:
+            return self.length
+        return min(self.capacity, -(-self.length // self.block) * self.block)
+
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
         """Store this step's keys and values in the open slot; return the suffix the step attends to."""
         self.keys[layer_idx].index_copy_(2, self.write_at, key_states)
         self.values[layer_idx].index_copy_(2, self.write_at, value_states)
-        if self.bias is not None:
-            return self.keys[layer_idx], self.values[layer_idx]
-        return self.keys[layer_idx][:, :, : self.length], self.values[layer_idx][:, :, : self.length]
+        return self.keys[layer_idx][:, :, : self.attended], self.values[layer_idx][:, :, : self.attended]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.prefix_length + self.length
@@ -111,7 +118,7 @@ def attend(module, query, key, value, attention_mask, scaling: float, dropout: f
     by_head = query.transpose(0, 1).reshape(kv_heads, -1, dim)  # [kv heads, samples x group, dim]
     own = query @ key.transpose(2, 3)  # [samples, kv heads, group, suffix]
     if cache.bias is not None:
-        own = own + cache.bias
+        own = own + cache.bias[: own.shape[-1]]
     own_by_head = own.transpose(0, 1).reshape(kv_heads, by_head.shape[1], -1)
     scores = torch.cat([by_head @ prefix_keys.transpose(1, 2), own_by_head], dim=-1)
     probs = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(query.dtype)
@@ -158,21 +165,22 @@ def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
 
 
 class GraphStep:
-    """Replays a decode step from a CUDA graph; captured again whenever the batch shrinks (new shapes).
+    """Replays a decode step from a CUDA graph, captured again when shapes change: the batch shrank, or the step
+    reached a new block of the suffix cache.
 
     Capture needs two warm-up runs of the step; they write the same keys and values into the same slot as the
     replay that follows, so they change nothing.
     """
 
-    def __init__(self, forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
-        self.forward = forward
-        self.graph = None
+    def __init__(self, forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], cache: SuffixCache):
+        self.forward, self.cache = forward, cache
+        self.graph, self.shape = None, None
         self.eager = False  # set when capture failed: the same static step, run without a graph
 
     def __call__(self, feed: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         if self.eager:
             return self.forward(feed, position)
-        if self.graph is None or self.feed.shape != feed.shape:
+        if self.shape != (feed.shape[0], self.cache.attended):
             try:
                 self.capture(feed, position)
             except RuntimeError as error:
@@ -186,6 +194,7 @@ class GraphStep:
 
     def capture(self, feed: torch.Tensor, position: torch.Tensor) -> None:
         self.feed, self.position = feed.clone(), position.clone()
+        self.shape = (feed.shape[0], self.cache.attended)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -207,7 +216,7 @@ def sample(model, prompt_ids: torch.Tensor, prefix, n: int, max_new_tokens: int,
     static = device.type == "cuda" if static is None else static
     cache = SuffixCache(prefix, n, max_new_tokens, static=static)
     forward = step_function(model, cache)
-    step = GraphStep(forward) if static and device.type == "cuda" else forward
+    step = GraphStep(forward, cache) if static and device.type == "cuda" else forward
     generator = torch.Generator(device=device).manual_seed(seed)
     owners: list[int | None] = list(range(n))  # the sample each batch row decodes (None: finished, not yet dropped)
     tokens: list[list[int]] = [[] for _ in range(n)]

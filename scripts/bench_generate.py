@@ -6,9 +6,9 @@
 Variants: `plain` is `generate` on the whole prompt for every sample; `hf` prefills the prompt once and expands its
 cache along the batch for `generate` (eval.backend=hf); `fast` is eval/fastgen.py (eval.backend=fast). All get the
 same prompt (the headline eval prompt, cut to --prompt-tokens), the same batches and exactly --new-tokens new tokens
-per sample (eos disabled), sampled at temperature 1. Prints, and writes as JSON (default docs/bench/), the prefill and
-decode seconds and new tokens/s of each, and the speed-ups over plain. On CUDA also the share of the decode's
-memory-bandwidth bound (weights and keys/values read per step) achieved. On CPU set
+per sample (eos disabled), sampled at temperature 1. Prints, and appends to a JSON list (default docs/bench/), the
+prefill and decode seconds and new tokens/s of each, and the speed-ups over plain. On CUDA also the share of the
+decode's memory-bandwidth bound (weights and keys/values read per step) achieved. On CPU set
 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736 (design notes, section 9).
 """
 
@@ -229,9 +229,15 @@ def main(argv: list[str]) -> None:
     result = report(args, cfg, model, ids, rows)
     slug = re.sub(r"[^a-z0-9]+", "-", machine(device).lower()).strip("-")
     out = args.out or ROOT / "docs" / "bench" / f"generate-{slug}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written to {out}")
+    append_run(out, result)
+    print(f"added to {out}")
+
+
+def append_run(path: Path, result: dict) -> None:
+    """The results file keeps every run (a JSON list), so figures quoted in BENCHMARKS.md stay traceable."""
+    runs = json.loads(path.read_text()) if path.exists() else []
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(runs + [result], indent=2) + "\n")
 
 
 if __name__ == "__main__":

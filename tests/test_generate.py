@@ -67,14 +67,15 @@ def test_embedded_model_stops_at_end_of_turn(cache_dir):
 @pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
 def test_fast_step_gives_the_logits_of_a_full_forward(tiny, static):
     """Each step's logits equal a plain forward pass over prompt + continuation, for every row, also after finished
-    rows have left the batch (rows 2 and 0 kept after step 3): tokens alone would hide small errors."""
+    rows have left the batch (rows 2 and 0 kept after step 3) and across blocks of the static cache (2 slots each):
+    tokens alone would hide small errors."""
     model, _, ids = tiny
     continuations = torch.randint(0, 512, (3, 6), generator=torch.Generator().manual_seed(0))
     feed = torch.cat([ids[:, -1:].expand(3, 1), continuations], dim=1)
     with torch.no_grad():
         reference = model(input_ids=torch.cat([ids.expand(3, -1), continuations], dim=1)).logits
     reference = reference[:, ids.shape[1] - 1:]
-    cache = fastgen.SuffixCache(prefill(model, ids), rows=3, capacity=7, static=static)
+    cache = fastgen.SuffixCache(prefill(model, ids), rows=3, capacity=7, static=static, block=2)
     forward, rows = fastgen.step_function(model, cache), [0, 1, 2]
     with torch.no_grad(), fastgen.shared_prefix_attention(model):
         for step in range(7):
