@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
+from transformers import AutoConfig, GenerationConfig
 
 from eval import fastgen
 from eval.generate import Sampling, encode_prompt, prefill, sample_batch
 from eval.prompts import HEADLINE, build_prompt
 from tests.conftest import compose_config
 from whytune.config import validate
-from whytune.models import load_model, load_tokenizer, model_dir
+from whytune.models import GENERATION_TOKENS, _gguf_special_tokens, gguf_path, load_model, load_tokenizer, model_dir
 
 CPU = torch.device("cpu")
 
@@ -62,6 +63,20 @@ def test_embedded_model_stops_at_end_of_turn(cache_dir):
     replies = sample_batch(model, tokenizer, ids, prefill(model, ids), 2, greedy, seed=0)
     assert all(finish == "eos" for _, finish in replies)
     assert "Paris" in replies[0][0]
+
+
+def test_converted_model_takes_its_special_tokens_from_the_gguf_file(cache_dir):
+    """The file's metadata, not the transformers release's reading of it, sets eos (5.17 read <|im_start|>)."""
+    cfg = validate(compose_config("out=unused", f"cache_dir={cache_dir}"))
+    special = _gguf_special_tokens(gguf_path(cfg.model))
+    assert special["eos_token"] == ("<|im_end|>", 2)
+    location = model_dir(cfg.model, cache_dir)
+    tokenizer = load_tokenizer(cfg.model, location)
+    config, generation = AutoConfig.from_pretrained(location), GenerationConfig.from_pretrained(location)
+    for role, (token, token_id) in special.items():
+        assert getattr(tokenizer, role) == token
+        if role in GENERATION_TOKENS:
+            assert getattr(config, f"{role}_id") == token_id and getattr(generation, f"{role}_id") == token_id
 
 
 @pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])

@@ -22,6 +22,8 @@ from whytune.runs import locked
 
 TEMPLATES = Path(__file__).parent / "templates"
 SPECIAL_TOKENS = ["<|pad|>", "<|im_start|>", "<|im_end|>", "<|unk|>"]
+GENERATION_TOKENS = ("bos_token", "eos_token", "pad_token")  # the special tokens a model config also names
+CONVERTER_VERSION = 2  # part of a converted model's cache key: bump when _convert_gguf changes its output
 
 
 def model_dir(cfg: ModelConfig, cache_dir: Path) -> str:
@@ -54,7 +56,8 @@ def _pretrained_location(cfg: ModelConfig) -> str:
 
 def _source_key(cfg: ModelConfig) -> str:
     """A short hash of what determines the built folder, so a changed config never reuses a stale cache."""
-    fields = {k: getattr(cfg, k) for k in ("source", "package", "file", "hidden_size", "intermediate_size",
+    fields = {"converter": CONVERTER_VERSION}
+    fields |= {k: getattr(cfg, k) for k in ("source", "package", "file", "hidden_size", "intermediate_size",
                                              "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
                                              "vocab_size")}
     return hashlib.sha256(json.dumps(fields, default=str, sort_keys=True).encode()).hexdigest()[:10]
@@ -94,8 +97,31 @@ def _convert_gguf(cfg: ModelConfig, out: Path) -> None:
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    # Some transformers releases (5.17) read the file's special tokens wrongly (eos became <|im_start|>, so
+    # generation never stopped at end of turn); the file's own metadata is authoritative.
+    for role, (token, token_id) in _gguf_special_tokens(path).items():
+        setattr(tokenizer, role, token)
+        if role in GENERATION_TOKENS:
+            setattr(model.config, f"{role}_id", token_id)
+            setattr(model.generation_config, f"{role}_id", token_id)
     model.to(torch.bfloat16).save_pretrained(out)
     tokenizer.save_pretrained(out)
+
+
+def _gguf_special_tokens(path: Path) -> dict[str, tuple[str, int]]:
+    """{"eos_token": ("<|im_end|>", 2), ...}: the special tokens the GGUF file's metadata names."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(path).fields
+    vocab = fields["tokenizer.ggml.tokens"]
+    out = {}
+    for role, key in [("bos_token", "bos"), ("eos_token", "eos"), ("pad_token", "padding"),
+                      ("unk_token", "unknown")]:
+        field = fields.get(f"tokenizer.ggml.{key}_token_id")
+        if field is not None:
+            token_id = int(field.parts[field.data[0]][0])
+            out[role] = (bytes(vocab.parts[vocab.data[token_id]]).decode(), token_id)
+    return out
 
 
 def _build_tiny_random(cfg: ModelConfig, out: Path) -> None:
