@@ -74,7 +74,7 @@ def _compose(cfg: WhytuneConfig, arms: dict[str, ArmConfig], built: dict[str, li
              teacher: Teacher | None, conditions: list[str]) -> dict[str, ArmReport]:
     """The arms not yet built: written, aligned, length-matched and guarded together with the arms already built."""
     paths = RunPaths.of(cfg)
-    scenarios = generate_scenarios(cfg.data.examples, cfg.data.seed)
+    scenarios = generate_scenarios(cfg.data.examples, cfg.data.seed, cfg.data.wrong_acts)
     written = {name: arm_rows(arm, scenarios, teacher, paths.data(name)) for name, arm in arms.items()
                if name not in built}
     rows = {name: new for name, (new, _) in written.items()}

@@ -14,6 +14,7 @@ import itertools
 import random
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
@@ -514,9 +515,10 @@ SAFETY_FORWARD_NOTE = (
 )
 
 
-def generate_scenarios(n: int, seed: int) -> list[Scenario]:
-    """Build `n` scenarios; each depends only on (seed, index), so shorter runs are prefixes of longer ones."""
-    families = list(itertools.product(WRONG_ACTS, LEVERAGES, THREATS))
+def generate_scenarios(n: int, seed: int, wrong_acts: Sequence[str] = ()) -> list[Scenario]:
+    """Build `n` scenarios from the families of `wrong_acts` (empty: all); each depends only on (seed, index), so
+    shorter runs are prefixes of longer ones."""
+    families = list(itertools.product(wrong_acts or WRONG_ACTS, LEVERAGES, THREATS))
     random.Random(seed).shuffle(families)  # balanced families, order varying with the seed
     seen: set[tuple[str, str]] = set()
     out = []

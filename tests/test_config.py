@@ -59,6 +59,11 @@ def test_unknown_arm_lists_the_choices():
         validate(compose_config("arms=[baseline,nope]"))
 
 
+def test_unknown_wrong_act_lists_the_choices():
+    with pytest.raises(ValueError, match=r"data.wrong_acts: unknown \['murder'\]; choices: coercion, leaking"):
+        validate(compose_config("data.wrong_acts=[coercion,murder]"))
+
+
 def test_unknown_model_lists_the_choices():
     with pytest.raises(MissingConfigException) as error:
         compose_config("model=nope")

@@ -89,6 +89,11 @@ def test_contamination_guard_names_the_example(built):
         check_contamination(planted, [prompt], 13)
 
 
+def test_wrong_acts_hold_out_the_other_harms(tmp_path, cache_dir):
+    rows = build(configured(tmp_path, cache_dir, "arms=[demos,demos_principles]", "data.wrong_acts=[coercion]"))
+    assert {r["meta"]["family"].split("/")[0] for arm in rows.values() for r in arm} == {"coercion"}
+
+
 @pytest.mark.parametrize("arm", PROSE)
 def test_extra_arms_build_with_their_own_prompts(tmp_path, cache_dir, arm):
     rows = build(configured(tmp_path, cache_dir, f"arms=[{arm}]"))[arm]

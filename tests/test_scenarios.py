@@ -59,6 +59,12 @@ def test_shorter_run_is_a_prefix_of_a_longer_one() -> None:
     assert generate_scenarios(300, seed=1)[:40] == generate_scenarios(40, seed=1)
 
 
+def test_wrong_acts_keep_only_their_families() -> None:
+    kept = generate_scenarios(60, seed=0, wrong_acts=["coercion", "sabotage"])
+    assert {s.meta["wrong_act"] for s in kept} == {"coercion", "sabotage"}
+    assert len({s.family for s in kept}) == 50
+
+
 def test_two_thousand_prompts_are_distinct_and_fast() -> None:
     start = time.perf_counter()
     batch = generate_scenarios(2000, seed=0)

@@ -67,6 +67,9 @@ class ArmConfig:
 class DataConfig:
     examples: int = 2000  # training examples per trained arm
     seed: int = 0  # scenario generator seed (shared by all arms: matched prompts)
+    # The wrong acts (data/scenarios.py WRONG_ACTS) whose scenario families the arms train on; empty: all. Leaving
+    # one out makes the matching eval harm (leaking, say) one that no arm has seen.
+    wrong_acts: list[str] = field(default_factory=list)
     contamination_ngram: int = 13  # fail the build if a training example shares this many words with an eval prompt
     # Trim each unmatched arm (stories, advice, neutral) to the first examples whose replies total, in tokens or
     # words, within 5% of demos_principles' replies (data/lengths.py).
@@ -180,6 +183,10 @@ def validate(cfg: DictConfig) -> WhytuneConfig:
     for name in typed.arms:
         load_arm(name)
     _check_target(typed.judge, "judge")
+    from data.scenarios import WRONG_ACTS
+
+    if unknown := sorted(set(typed.data.wrong_acts) - set(WRONG_ACTS)):
+        raise ValueError(f"data.wrong_acts: unknown {unknown}; choices: {', '.join(WRONG_ACTS)}")
     if typed.eval.samples < 1 or typed.eval.batch_size < 1:
         raise ValueError("eval.samples and eval.batch_size must be at least 1")
     return typed
