@@ -23,7 +23,7 @@ from data.principles import constitution_text, load_principles
 from data.scenarios import Scenario, generate_scenarios
 from data.teacher import Teacher, from_config
 from data.writers import Writer, writer
-from eval.prompts import build_prompt, select_conditions
+from eval.prompts import get_prompts, select_conditions
 from whytune.config import ArmConfig, DataConfig, WhytuneConfig, arm_choices, load_arm, validate
 from whytune.runs import RunPaths, append_jsonl, locked, mark_done, read_jsonl, stable_hash, stage_done, write_text
 
@@ -81,7 +81,7 @@ def _compose(cfg: WhytuneConfig, arms: dict[str, ArmConfig], built: dict[str, li
     matched = [name for name in arms if writer(arms[name].writer).matched]
     aligned_out = _align(rows, built, matched)
     lengths = _match_lengths(rows, built, unit, arms) if cfg.data.length_match else {}
-    prompts = [build_prompt(c) for c in conditions]
+    prompts = get_prompts(conditions, cfg.eval.prompts_file)
     for name, new in rows.items():
         if not new:
             taught = written[name][1]

@@ -84,12 +84,24 @@ def build_prompt(condition: str) -> EvalPrompt:
     return EvalPrompt(condition, scenario, prompts.system_prompt, user, prompts.email_content)
 
 
-def write_prompts(conditions: list[str], path: Path) -> list[EvalPrompt]:
+def get_prompts(conditions: list[str], prompts_file: str | None = None) -> list[EvalPrompt]:
+    """Built by the package or, where it is not installed (the GPU image), read from a file that
+    `python -m eval.prompts` wrote where it is."""
+    if prompts_file is None:
+        return [build_prompt(c) for c in conditions]
+    found = {p.condition: p for p in read_prompts(Path(prompts_file))}
+    if missing := [c for c in conditions if c not in found]:
+        raise ValueError(f"{prompts_file}: no prompt for {', '.join(missing)}; write them with "
+                         f"python -m eval.prompts out={prompts_file} conditions=[...]")
+    return [found[c] for c in conditions]
+
+
+def write_prompts(conditions: list[str], path: Path, prompts_file: str | None = None) -> list[EvalPrompt]:
     """Write one row per condition (replacing any older file) and return the prompts.
 
     Written to a unique temporary file and renamed: jobs of a sweep sharing the run folder may write it at once.
     """
-    prompts = [build_prompt(c) for c in conditions]
+    prompts = get_prompts(conditions, prompts_file)
     write_text(path, "".join(json.dumps(asdict(p), ensure_ascii=False) + "\n" for p in prompts))
     return prompts
 

@@ -17,7 +17,6 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from eval.browse import write_browser
-from eval.classify import classify_file
 from eval.forced_choice import load_pairs, paired_test, per_pair_means, score_arm, summarise
 from eval.generate import ArmSwitcher, Sampling, existing, generate_condition, sample_store
 from eval.prompts import EvalPrompt, select_conditions, write_prompts
@@ -128,18 +127,28 @@ class Scores:
                       self.benign)
 
 
-def score(cfg: WhytuneConfig) -> Scores:
-    """Sample, judge and score every arm x seed of cfg, writing only into their own folders."""
+def sample(cfg: WhytuneConfig) -> tuple[list[EvalPrompt], dict[tuple[str, str], list[float]]]:
+    """Every sample and forced-choice score of cfg's arms x seeds, not yet judged: all the model work, and nothing
+    that needs inspect-evals when eval.prompts_file is given. Returns the prompts and the forced-choice means."""
     paths = RunPaths.of(cfg)
     harms = select_conditions(cfg.eval.conditions)
     benign = select_conditions(cfg.eval.capability_conditions) if cfg.eval.capability_conditions else []
-    prompts = write_prompts(harms + [c for c in benign if c not in harms], paths.prompts)
-    judge = instantiate(cfg.judge)  # before sampling: a missing API key should fail now, not after hours
+    prompts = write_prompts(harms + [c for c in benign if c not in harms], paths.prompts, cfg.eval.prompts_file)
     for arm, seed, adapter in runs_of(cfg):
         if adapter and not (paths.adapter(arm, seed) / "stage.json").exists():
             raise FileNotFoundError(f"{paths.adapter(arm, seed)}: no trained adapter; run the train stage first")
     arms = functools.cache(lambda: load_arms(cfg))
     generate_all(cfg, prompts, arms)
+    return prompts, forced_choice_all(cfg, prompts, arms) if cfg.eval.forced_choice else {}
+
+
+def score(cfg: WhytuneConfig) -> Scores:
+    """Sample, judge and score every arm x seed of cfg, writing only into their own folders."""
+    from eval.classify import classify_file  # the judges build on inspect-evals; sample() runs without it
+
+    judge = instantiate(cfg.judge)  # before sampling: a missing API key should fail now, not after hours
+    prompts, forced = sample(cfg)
+    paths = RunPaths.of(cfg)
     chosen = {p.condition for p in prompts}
     records, samples = [], []
     for arm, seed, _ in runs_of(cfg):
@@ -147,7 +156,7 @@ def score(cfg: WhytuneConfig) -> Scores:
         verdicts = paths.verdicts(arm, seed, cfg.judge)
         records += [r for r in classify_file(folder / "samples.jsonl", verdicts, judge) if r["condition"] in chosen]
         samples += [r for r in read_jsonl(folder / "samples.jsonl") if r["condition"] in chosen]
-    forced = forced_choice_all(cfg, prompts, arms) if cfg.eval.forced_choice else {}
+    benign = select_conditions(cfg.eval.capability_conditions) if cfg.eval.capability_conditions else []
     return Scores(records, samples, forced, benign)
 
 

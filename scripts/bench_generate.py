@@ -33,9 +33,9 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from eval import fastgen
 from eval.generate import encode_prompt, prefill
-from eval.prompts import HEADLINE, build_prompt
+from eval.prompts import HEADLINE, get_prompts
 from whytune.config import CONFIG_DIR, validate
-from whytune.models import load_model, load_tokenizer, model_dir, pick_device
+from whytune.models import device_name, load_model, load_tokenizer, model_dir, pick_device
 
 ROOT = Path(__file__).resolve().parents[1]
 BANDWIDTH_GBS = {"H200": 4800, "H100 PCIe": 2000, "H100": 3350, "A100": 2000}  # by device name, first match
@@ -149,10 +149,6 @@ def dtype_size(model) -> int:
     return next(model.parameters()).element_size()
 
 
-def machine(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"{os.cpu_count()}-core CPU"
-
-
 def default_bandwidth(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
@@ -183,7 +179,7 @@ def report(args, cfg, model, ids, rows: dict[str, dict]) -> dict:
                 for v in rows if "plain" in rows and v != "plain"}
     for name, ratio in speedups.items():
         print(f"{name}: {ratio:.2f}x")
-    return {"date": datetime.date.today().isoformat(), "machine": machine(ids.device), "model": cfg.model.name,
+    return {"date": datetime.date.today().isoformat(), "machine": device_name(ids.device), "model": cfg.model.name,
             "dtype": str(next(model.parameters()).dtype), "torch": torch.__version__,
             "transformers": transformers.__version__, "cpu": platform.processor() or platform.machine(),
             "torch_threads": torch.get_num_threads(),
@@ -213,7 +209,8 @@ def main(argv: list[str]) -> None:
     device = pick_device(cfg.eval.device)
     location = model_dir(cfg.model, Path(cfg.cache_dir))
     model = load_model(cfg.model, location, device)
-    ids = fit(encode_prompt(load_tokenizer(cfg.model, location), build_prompt(HEADLINE), device), args.prompt_tokens)
+    ids = fit(encode_prompt(load_tokenizer(cfg.model, location), get_prompts([HEADLINE], cfg.eval.prompts_file)[0],
+                              device), args.prompt_tokens)
     sizes = batches(args.samples, args.batch_size)
     variants = args.variants.split(",")
     if device.type == "cuda":  # one-off costs (cuBLAS set-up, kernel loading) stay out of the figures
@@ -227,7 +224,7 @@ def main(argv: list[str]) -> None:
         rows[variant] = figures(t, args.samples * args.new_tokens, share)
         show(variant, rows[variant])
     result = report(args, cfg, model, ids, rows)
-    slug = re.sub(r"[^a-z0-9]+", "-", machine(device).lower()).strip("-")
+    slug = re.sub(r"[^a-z0-9]+", "-", device_name(device).lower()).strip("-")
     out = args.out or ROOT / "docs" / "bench" / f"generate-{slug}.json"
     append_run(out, result)
     print(f"added to {out}")

@@ -132,6 +132,12 @@ class EvalConfig:
     top_p: float = 1.0
     device: str = "auto"  # auto: cuda when available, else cpu
     backend: EvalBackend = EvalBackend.fast
+    # The eval prompts read from this JSONL (`python -m eval.prompts out=FILE`) instead of built by inspect-evals:
+    # for a machine without that package (the GPU image). The text is the same, so nothing downstream changes.
+    prompts_file: Optional[str] = None
+    # false: stop after sampling and the forced-choice scores (they need only the model). Judging and the report
+    # need inspect-evals: rerun with true where it is installed, on the same run folder (scripts/gpu_run.sh).
+    score: bool = True
     vllm_args: dict[str, Any] = field(default_factory=dict)  # backend vllm: more vllm.LLM arguments (tensor_parallel_size)
 
 
@@ -182,7 +188,8 @@ def validate(cfg: DictConfig) -> WhytuneConfig:
         raise ValueError(f"no arm selected: choose some with arms=[...] from {arm_choices()}")
     for name in typed.arms:
         load_arm(name)
-    _check_target(typed.judge, "judge")
+    if typed.eval.score:  # the judge is built only where the samples are judged
+        _check_target(typed.judge, "judge")
     from data.scenarios import WRONG_ACTS
 
     if unknown := sorted(set(typed.data.wrong_acts) - set(WRONG_ACTS)):

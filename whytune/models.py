@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -185,6 +186,12 @@ def pick_device(requested: str = "auto") -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(requested)
+
+
+def device_name(device: torch.device | None = None) -> str:
+    """The card's name, or the CPU's core count: what a timing was measured on."""
+    device = device or pick_device()
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"{os.cpu_count()}-core CPU"
 
 
 def pick_dtype(cfg: ModelConfig, device: torch.device) -> torch.dtype:

@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import gc
 import time
+from datetime import datetime, timezone
 from contextlib import contextmanager
 from dataclasses import replace
 
 from data.build import build
 from eval.aggregate import scored
-from eval.run import evaluate
+from eval.run import evaluate, sample
 from train.sft import train_arm
 from whytune import tracking
 from whytune.config import WhytuneConfig, load_arm
 from whytune.organism import run_organism
-from whytune.runs import RunPaths, locked, provenance, write_json
+from whytune.models import device_name
+from whytune.runs import RunPaths, append_jsonl, locked, provenance, write_json
 
 
 def run(cfg: WhytuneConfig, report: bool = True) -> str:
@@ -34,9 +36,15 @@ def run(cfg: WhytuneConfig, report: bool = True) -> str:
     if cfg.organism.enabled:
         with _timed(timings, "organism experiment"):
             table = run_organism(cfg, lambda on_organism: train_all(on_organism, timings))
-        write_json(paths.root / "timings.json", {k: round(v, 2) for k, v in timings.items()})
+        record_timings(cfg, timings)
         return table
     train_all(cfg, timings)
+    if not cfg.eval.score:
+        with _timed(timings, "eval samples"):
+            prompts, _ = sample(cfg)
+        record_timings(cfg, timings)
+        return (f"sampled {len(prompts)} conditions for {len(cfg.arms)} arms x {len(cfg.seeds)} seeds, not judged "
+                f"(eval.score=false); judge and report with eval.score=true where inspect-evals is installed")
     with _timed(timings, "eval"):
         table = evaluate(cfg, report_now=report)
     for arm in cfg.arms:
@@ -44,7 +52,7 @@ def run(cfg: WhytuneConfig, report: bool = True) -> str:
             tracking.log_eval(cfg, arm, seed, paths.verdicts(arm, seed, cfg.judge))
     print(f"[timings] {', '.join(f'{stage} {seconds:.1f} s' for stage, seconds in timings.items())}")
     if report:
-        write_json(paths.root / "timings.json", {k: round(v, 2) for k, v in timings.items()})
+        record_timings(cfg, timings)
         tracking.log_report(cfg, paths.root)
     return table
 
@@ -83,6 +91,15 @@ def report(cfg: WhytuneConfig) -> str:
     table = evaluate(complete)
     tracking.log_report(complete, RunPaths.of(cfg).root)
     return table
+
+
+def record_timings(cfg: WhytuneConfig, timings: dict[str, float]) -> None:
+    """One line per launch in timings.jsonl: a resumed run or the judging half of a GPU run (eval.score=false, then
+    true elsewhere) adds its own line instead of overwriting the first launch's seconds with its near-zero ones."""
+    append_jsonl(RunPaths.of(cfg).root / "timings.jsonl", [{
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": device_name(),
+        "seconds": {stage: round(seconds, 2) for stage, seconds in timings.items()},
+    }])
 
 
 @contextmanager
