@@ -8,10 +8,12 @@ gathering the weights, only the main process writes the adapter, its manifest an
 from __future__ import annotations
 
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import hydra
+import torch
 from omegaconf import DictConfig
 
 from whytune import tracking
@@ -48,8 +50,10 @@ def _check_example(row: dict, where: str) -> None:
 
 def train_key(cfg: WhytuneConfig, data_file: Path, seed: int) -> str:
     """Everything that changes the adapter; a rerun with the same key skips training."""
-    return stable_hash({"model": asdict(cfg.model), "train": asdict(cfg.train), "data": file_hash(data_file),
-                        "seed": seed})
+    train = asdict(cfg.train)
+    if not train["packing"]:
+        del train["packing"]  # adapters trained before the option existed keep their key
+    return stable_hash({"model": asdict(cfg.model), "train": train, "data": file_hash(data_file), "seed": seed})
 
 
 def train_arm(cfg: WhytuneConfig, arm: str, seed: int) -> Path:
@@ -73,11 +77,16 @@ def train_arm(cfg: WhytuneConfig, arm: str, seed: int) -> Path:
                              track=run is not None)
     checkpoints = sorted(Path(trainer.args.output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
+    speed = throughput(trainer, result.metrics["train_runtime"])
+    if state.is_main_process:
+        print(f"[train] {arm} seed {seed}: {speed['tokens']} tokens in {result.metrics['train_runtime']:.1f} s, "
+              f"{speed['tokens_per_second']:.1f} tokens/s, {100 * speed['non_padding_share']:.1f}% of batch "
+              f"positions not padding", flush=True)
     _save(trainer, state, adapter_dir, {
         **provenance(cfg), "arm": arm, "seed": seed, "key": key, "base_model": cfg.model.name,
         "base_fingerprint": fingerprint(location), "data_file": str(data_file), "data_sha256": file_hash(data_file),
         "examples": len(examples), "world_size": state.num_processes, "train_loss": result.training_loss,
-        "metrics": result.metrics, "log_history": trainer.state.log_history,
+        **speed, "metrics": result.metrics, "log_history": trainer.state.log_history,
     })
     if state.is_main_process:
         mark_done(adapter_dir, key)
@@ -109,6 +118,8 @@ def _build_trainer(cfg: WhytuneConfig, location: str, examples: list[dict], chec
         learning_rate=t.lr,
         warmup_steps=t.warmup if t.warmup < 1 else int(t.warmup),
         max_length=t.max_length,
+        packing=t.packing,
+        packing_strategy="bfd",  # whole examples, padding-free (position_ids restart per example): no cross-attention
         assistant_only_loss=True,
         eos_token=tokenizer.eos_token,
         bf16=t.bf16,
@@ -125,10 +136,44 @@ def _build_trainer(cfg: WhytuneConfig, location: str, examples: list[dict], chec
     )
     # Loaded after the arguments: under DeepSpeed ZeRO-3 they switch on sharded loading (zero.Init).
     model = load_model(cfg.model, location, device)
-    return SFTTrainer(
+    trainer = SFTTrainer(
         model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=tokenizer,
         peft_config=instantiate(asdict(t.lora)),
     )
+    # Wrapped after construction: TRL refuses a collator of our own with padding-free packing.
+    trainer.data_collator = TokenCount(trainer.data_collator)
+    return trainer
+
+
+@dataclass
+class TokenCount:
+    """The trainer's collator, counting real tokens and all positions of the batches it builds: positions that are
+    padding cost compute and train nothing.
+
+    Counted in this process as batches are built (the trainer uses no loader workers). Accelerate builds one batch
+    ahead, so a run stopped mid-epoch (max_steps, fractional epochs) counts one batch it did not train on.
+    """
+
+    collate: Callable[[list[dict]], dict]
+    tokens: int = 0
+    positions: int = 0
+
+    def __call__(self, examples: list[dict]) -> dict:
+        batch = self.collate(examples)
+        ids = batch["input_ids"]
+        self.positions += ids.numel()
+        # Padding-free packing hands one flat row of whole examples and no attention mask: every position is real.
+        self.tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else ids.numel()
+        return batch
+
+
+def throughput(trainer, runtime_s: float) -> dict:
+    """Real tokens trained on per second of training and the share of batch positions that were real, over all
+    ranks. After a resume: of this session only, like the Trainer's train_runtime."""
+    count = trainer.data_collator
+    tokens, positions = trainer.accelerator.reduce(
+        torch.tensor([count.tokens, count.positions], device=trainer.args.device), "sum").tolist()
+    return {"tokens": tokens, "tokens_per_second": tokens / runtime_s, "non_padding_share": tokens / max(positions, 1)}
 
 
 def check_lengths(tokenizer, examples: list[dict], max_length: int) -> None:

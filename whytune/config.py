@@ -111,6 +111,12 @@ class TrainConfig:
     lr: float = 2e-4
     warmup: float = 0.0  # linear warm-up: a fraction (< 1) of the training steps, or a number of steps
     max_length: int = 2048
+    # Pack several examples into each row of max_length tokens (TRL's best-fit packing, no example split), padding-free:
+    # no compute on pad tokens. Each example still attends only to itself (position_ids restart per example) and keeps
+    # its assistant-only loss. batch_size then counts packed rows, not examples, and the rows of a batch are joined
+    # into one: under sdpa or eager attention its masked attention costs (batch_size x max_length)^2, so pack with
+    # batch_size 1 (more grad_accum) unless the model runs flash attention.
+    packing: bool = False
     bf16: bool = False
     gradient_checkpointing: bool = False
     logging_steps: int = 1

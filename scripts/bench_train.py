@@ -1,0 +1,168 @@
+"""Training speed, both in one run: the project's train stage against a bare PyTorch LoRA loop on the same model.
+
+    python scripts/bench_train.py [--batch-size 8] [--seq-len 1024] [--steps 20] [--warmup-steps 3] [--device auto]
+        [--out FILE] [config overrides, e.g. model=tiny-random or experiment=paper]
+
+`stage` is train/sft.py's SFTTrainer (LoRA, assistant-only loss, logging, clipping, scheduler) as the config sets
+it up; `bare` is peft's get_peft_model with the same LoRA config on the same model, plain AdamW and nothing else:
+forward, backward, step. Both train on the same synthetic chat examples of exactly --seq-len tokens, --batch-size of
+them a step (no padding, no gradient accumulation), with the config's dtype, bf16 autocast and gradient checkpointing,
+on the same device. The first --warmup-steps steps are not timed. Prints, and appends to a JSON list (default
+docs/bench/), the tokens/s of each and stage/bare (issue 6's GPU target: at least 0.8).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import os
+import re
+import sys
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import peft
+import torch
+import transformers
+import trl
+from accelerate import PartialState
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from transformers import TrainerCallback
+
+from scripts.bench_generate import append_run, now
+from train.sft import _build_trainer
+from whytune.config import CONFIG_DIR, WhytuneConfig, validate
+from whytune.models import device_name, load_model, load_tokenizer, model_dir, pick_dtype
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def synthetic_chat(tokenizer, length: int) -> dict:
+    """A chat that the training template renders to exactly `length` tokens: the reply is a run of the word "a",
+    one token each (byte-level BPE splits words apart before merging)."""
+    def chat(words: int) -> dict:
+        return {"messages": [{"role": "user", "content": "Repeat the word a."},
+                             {"role": "assistant", "content": " ".join(["a"] * words)}]}
+
+    def size(words: int) -> int:
+        return len(tokenizer.apply_chat_template(chat(words)["messages"], tokenize=True, return_dict=True)["input_ids"])
+
+    words = length - size(1) + 1
+    if words < 1 or size(words) != length:
+        raise ValueError(f"cannot build a {length}-token chat with this tokenizer (the reply alone starts at "
+                         f"{size(1)} tokens, or \" a\" is not one token)")
+    return chat(words)
+
+
+class StepClock(TrainerCallback):
+    """Wall time of the optimizer steps after the first `warmup`."""
+
+    def __init__(self, warmup: int):
+        self.warmup, self.start, self.end = warmup, 0.0, 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.warmup:
+            self.start = now()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.end = now()
+
+
+def run_stage(cfg: WhytuneConfig, location: str, example: dict, steps: int, warmup: int) -> float:
+    """Seconds for `steps` steps of the train stage, exactly as train_arm builds it."""
+    with tempfile.TemporaryDirectory() as checkpoints:
+        trainer = _build_trainer(cfg, location, [example] * (cfg.train.batch_size * (warmup + steps)),
+                                 Path(checkpoints), seed=0)
+        clock = StepClock(warmup)
+        trainer.add_callback(clock)
+        trainer.train()
+    expected = (warmup + steps) * cfg.train.batch_size * cfg.train.max_length
+    if trainer.data_collator.positions != expected:  # the claim "same batch shape" rests on this
+        raise RuntimeError(f"the trainer saw {trainer.data_collator.positions} positions, not {expected}")
+    return clock.end - clock.start
+
+
+def run_bare(cfg: WhytuneConfig, location: str, example: dict, steps: int, warmup: int, device) -> float:
+    """Seconds for `steps` steps of a plain loop: the same LoRA model, labels and batch; AdamW, no Trainer."""
+    tokenizer = load_tokenizer(cfg.model, location)
+    encoded = tokenizer.apply_chat_template(example["messages"], tokenize=True, return_dict=True,
+                                            return_assistant_tokens_mask=True)
+    ids = torch.tensor([encoded["input_ids"]] * cfg.train.batch_size, device=device)
+    labels = ids.masked_fill(torch.tensor(encoded["assistant_masks"], device=device) == 0, -100)  # assistant-only
+    model = peft.get_peft_model(load_model(cfg.model, location, device), instantiate(asdict(cfg.train.lora)))
+    if cfg.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr)
+    model.train()
+    for step in range(warmup + steps):
+        if step == warmup:
+            start = now()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.bf16):
+            loss = model(input_ids=ids, labels=labels, use_cache=False).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return now() - start
+
+
+def timed(run, tokens: int) -> dict:
+    """One variant's figures; the 1-minute load average shows what else the machine was doing."""
+    load = os.getloadavg()[0]
+    seconds = run()
+    row = {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds, "load_before": load,
+           "load_after": os.getloadavg()[0]}
+    gc.collect()  # the variant's model goes before the next one loads
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return row
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=1024, help="tokens per example, template included")
+    parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps")
+    parser.add_argument("--warmup-steps", type=int, default=3, help="untimed steps before")
+    parser.add_argument("--device", choices=["auto", "cpu"], default="auto", help="auto: the GPU when there is one")
+    parser.add_argument("--out", type=Path, default=None, help="JSON file (default docs/bench/train-<machine>.json)")
+    parser.add_argument("overrides", nargs="*", help="whytune config overrides, e.g. model=tiny-random")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> None:
+    args = parse(argv)
+    device = PartialState(cpu=args.device == "cpu").device  # the train stage asks the same state for its device
+    shape = [f"train.batch_size={args.batch_size}", f"train.max_length={args.seq_len}", "train.grad_accum=1",
+             "train.epochs=1", f"train.save_steps={args.warmup_steps + args.steps}"]
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = validate(compose("ablate", overrides=["out=unused", *args.overrides, *shape]))
+    location = model_dir(cfg.model, Path(cfg.cache_dir))
+    example = synthetic_chat(load_tokenizer(cfg.model, location), args.seq_len)
+    tokens = args.steps * args.batch_size * args.seq_len
+    rows = {}
+    for name, run in [("stage", lambda: run_stage(cfg, location, example, args.steps, args.warmup_steps)),
+                      ("bare", lambda: run_bare(cfg, location, example, args.steps, args.warmup_steps, device))]:
+        rows[name] = timed(run, tokens)
+        print(f"{name:>5}: {rows[name]['seconds']:8.1f} s  {rows[name]['tokens_per_s']:10.1f} tokens/s  "
+              f"load {rows[name]['load_before']:.1f}->{rows[name]['load_after']:.1f}", flush=True)
+    ratio = rows["stage"]["tokens_per_s"] / rows["bare"]["tokens_per_s"]
+    print(f"stage/bare: {ratio:.2f}")
+    result = {"date": datetime.date.today().isoformat(), "machine": device_name(device), "model": cfg.model.name,
+              "dtype": str(pick_dtype(cfg.model, device)), "bf16_autocast": cfg.train.bf16,
+              "gradient_checkpointing": cfg.train.gradient_checkpointing, "lora": asdict(cfg.train.lora),
+              "torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
+              "peft": peft.__version__, "torch_threads": torch.get_num_threads(), "batch_size": args.batch_size,
+              "seq_len": args.seq_len, "steps": args.steps, "warmup_steps": args.warmup_steps, "variants": rows,
+              "stage_vs_bare": ratio, "command": " ".join(["python"] + sys.argv)}
+    slug = re.sub(r"[^a-z0-9]+", "-", device_name(device).lower()).strip("-")
+    out = args.out or ROOT / "docs" / "bench" / f"train-{slug}.json"
+    append_run(out, result)
+    print(f"added to {out}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
