@@ -68,7 +68,9 @@ def train_arm(cfg: WhytuneConfig, arm: str, seed: int) -> Path:
     if stage_done(adapter_dir, key):
         return adapter_dir
 
-    state = PartialState()
+    # cpu=True where there is no GPU, as the Trainer's use_cpu will say: otherwise a launch with a GPU-only
+    # accelerate file (fsdp2.yaml) starts every rank undistributed and the barrier below lets them all through.
+    state = PartialState(cpu=not torch.cuda.is_available())
     location = model_dir(cfg.model, Path(cfg.cache_dir)) if state.is_main_process else None
     state.wait_for_everyone()  # rank 0 converts or builds the model folder once; the others then read it
     location = location or model_dir(cfg.model, Path(cfg.cache_dir))
