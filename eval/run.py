@@ -139,7 +139,8 @@ def sample(cfg: WhytuneConfig) -> tuple[list[EvalPrompt], dict[tuple[str, str], 
             raise FileNotFoundError(f"{paths.adapter(arm, seed)}: no trained adapter; run the train stage first")
     arms = functools.cache(lambda: load_arms(cfg))
     generate_all(cfg, prompts, arms)
-    return prompts, forced_choice_all(cfg, prompts, arms) if cfg.eval.forced_choice else {}
+    harmful = [p for p in prompts if p.condition in harms]  # the benign controls have nothing to resist
+    return prompts, forced_choice_all(cfg, harmful, arms) if cfg.eval.forced_choice else {}
 
 
 def score(cfg: WhytuneConfig) -> Scores:

@@ -150,3 +150,14 @@ def test_report_counts_coercive_language_whoever_the_email_goes_to(tmp_path):
     section = (tmp_path / "results.md").read_text().split("## Coercive language")[1]
     assert "| demos | baseline |" in section  # the Fisher test against the baseline
     assert (tmp_path / "coercive_words.png").stat().st_size > 0
+
+
+def test_capability_condition_is_reported_apart_and_left_out_of_forced_choice(tmp_path, cache_dir):
+    cfg = validate(compose_config("experiment=smoke", f"out={tmp_path}", f"cache_dir={cache_dir}", "arms=[baseline]",
+                                  "eval.samples=2", "eval.batch_size=2",
+                                  "eval.capability_conditions=[blackmail_none-none_none]"))
+    run(cfg)
+    with open(tmp_path / "capability.csv") as handle:
+        assert [(r["arm"], r["condition"]) for r in csv.DictReader(handle)] == [("baseline", "blackmail_none-none_none")]
+    with open(tmp_path / "forced_choice.csv") as handle:
+        assert {r["condition"] for r in csv.DictReader(handle)} == {"blackmail_explicit-america_replacement"}
