@@ -64,6 +64,11 @@ def test_unknown_wrong_act_lists_the_choices():
         validate(compose_config("data.wrong_acts=[coercion,murder]"))
 
 
+def test_sampling_only_is_refused_for_the_organism_experiment():
+    with pytest.raises(ValueError, match="does not cover the organism experiment"):
+        validate(compose_config("organism.enabled=true", "eval.score=false"))
+
+
 def test_unknown_model_lists_the_choices():
     with pytest.raises(MissingConfigException) as error:
         compose_config("model=nope")

@@ -196,6 +196,9 @@ def validate(cfg: DictConfig) -> WhytuneConfig:
         load_arm(name)
     if typed.eval.score:  # the judge is built only where the samples are judged
         _check_target(typed.judge, "judge")
+    elif typed.organism.enabled:
+        raise ValueError("eval.score=false (sampling only) does not cover the organism experiment yet; run it where "
+                         "inspect-evals is installed")
     from data.scenarios import WRONG_ACTS
 
     if unknown := sorted(set(typed.data.wrong_acts) - set(WRONG_ACTS)):

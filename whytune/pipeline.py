@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import gc
 import time
-from datetime import datetime, timezone
 from contextlib import contextmanager
 from dataclasses import replace
+from datetime import datetime, timezone
 
 from data.build import build
 from eval.aggregate import scored
