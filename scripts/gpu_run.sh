@@ -33,5 +33,5 @@ cp -r runs/gpu "$out/gpu"
 
 python3 scripts/bench_generate.py --samples 64 --batch-size 64 --prompt-tokens 2000 --new-tokens 256 \
   --out "$out/bench_generate.json" "$prompts" 2>&1 | tee "$out/bench_generate.log"
-python3 scripts/bench_train.py --batch-size 16 --seq-len 1024 --steps 20 --out "$out/bench_train.json" \
+python3 scripts/bench_train.py --batch-size 16 --seq-len 1024 --steps 20 --out "$out/bench_train.json" experiment=gpu \
   2>&1 | tee "$out/bench_train.log"
