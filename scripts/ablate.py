@@ -25,7 +25,9 @@ def main(raw: DictConfig) -> None:
         print(run(cfg, report=False))
         return
     table = run(cfg)
-    print(f"\n{table}\n\nResults in {cfg.out}/: results.csv, results.md, rates.png")
+    print(f"\n{table}")
+    if cfg.eval.score:
+        print(f"\nResults in {cfg.out}/: results.csv, results.md, rates.png")
 
 
 if __name__ == "__main__":
