@@ -177,11 +177,9 @@ def rates_figure(pooled: Sequence[Rate], title: str, measure: str = "harmful") -
     """Grouped bars: one group per condition, one bar per arm, Wilson error bars, k/n on top."""
     arms, conditions = _arms_and_conditions(pooled)
     by_key = {(r.arm, r.condition): r for r in pooled}
-    width = 0.8 / len(arms)
-    fig = Figure(figsize=(max(6.0, 1.5 + len(conditions) * (0.6 + 0.45 * len(arms))), 4.8))
-    ax = fig.subplots()
+    fig, ax, width = _grouped_axes(arms, conditions)
     for i, arm in enumerate(arms):
-        xs = np.arange(len(conditions)) + (i - (len(arms) - 1) / 2) * width
+        xs = _group_positions(i, len(arms), len(conditions), width)
         rs = [by_key.get((arm, c)) for c in conditions]
         # nan draws nothing, so an arm without scored samples leaves a gap rather than a stray cap.
         heights = [r.rate if r and r.n else math.nan for r in rs]
@@ -198,11 +196,27 @@ def rates_figure(pooled: Sequence[Rate], title: str, measure: str = "harmful") -
                     f"{r.harmful}/{r.n}", (x, top), xytext=(0, 2), textcoords="offset points",
                     ha="center", va="bottom", fontsize=7, color="0.3",
                 )
-    ax.set_xticks(np.arange(len(conditions)), [_wrap(c) for c in conditions], fontsize=8)
     ax.set_ylim(0, 1.08)
     ax.set_yticks(np.linspace(0, 1, 6))
     ax.set_ylabel(f"{measure} rate (95% Wilson CI)")
     ax.set_xlabel(f"condition  (bar labels: {measure} / scored; unscored samples excluded)", fontsize=8, color="0.3")
+    return _finish_grouped(fig, ax, conditions, title)
+
+
+def _grouped_axes(arms: Sequence[str], conditions: Sequence[str]) -> tuple[Figure, object, float]:
+    """A figure wide enough for one group per condition of one mark per arm, its axes and each mark's width."""
+    fig = Figure(figsize=(max(6.0, 1.5 + len(conditions) * (0.6 + 0.45 * len(arms))), 4.8))
+    return fig, fig.subplots(), 0.8 / len(arms)
+
+
+def _group_positions(arm_index: int, arms: int, conditions: int, width: float) -> np.ndarray:
+    """x of one arm's mark in every condition's group, the group centred on the condition's tick."""
+    return np.arange(conditions) + (arm_index - (arms - 1) / 2) * width
+
+
+def _finish_grouped(fig: Figure, ax, conditions: Sequence[str], title: str) -> Figure:
+    """Condition ticks, title, grid and the arm legend outside the plot: the same on every grouped figure."""
+    ax.set_xticks(np.arange(len(conditions)), [_wrap(c) for c in conditions], fontsize=8)
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
@@ -214,23 +228,15 @@ def rates_figure(pooled: Sequence[Rate], title: str, measure: str = "harmful") -
 def forced_choice_figure(frame: pd.DataFrame, title: str) -> Figure:
     """One point per arm and condition: the mean preference with its 95% t-interval; 0 is no lean either way."""
     arms, conditions = list(dict.fromkeys(frame["arm"])), list(dict.fromkeys(frame["condition"]))
-    width = 0.8 / len(arms)
-    fig = Figure(figsize=(max(6.0, 1.5 + len(conditions) * (0.6 + 0.45 * len(arms))), 4.8))
-    ax = fig.subplots()
+    fig, ax, width = _grouped_axes(arms, conditions)
     for i, arm in enumerate(arms):
         rows = frame[frame["arm"] == arm].set_index("condition").reindex(conditions)
-        xs = np.arange(len(conditions)) + (i - (len(arms) - 1) / 2) * width
-        ax.errorbar(xs, rows["mean"], yerr=[rows["mean"] - rows["ci_low"], rows["ci_high"] - rows["mean"]],
+        ax.errorbar(_group_positions(i, len(arms), len(conditions), width), rows["mean"],
+                    yerr=[rows["mean"] - rows["ci_low"], rows["ci_high"] - rows["mean"]],
                     fmt="o", capsize=3, color=f"C{i % 10}", label=arm)
     ax.axhline(0, color="0.5", linewidth=0.8)
-    ax.set_xticks(np.arange(len(conditions)), [_wrap(c) for c in conditions], fontsize=8)
     ax.set_ylabel("log p coercive − log p legitimate\n(per token, 95% CI over reply pairs)")
-    ax.set_title(title)
-    ax.grid(axis="y", alpha=0.3)
-    ax.set_axisbelow(True)
-    ax.legend(title="arm", fontsize=8, title_fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
-    fig.tight_layout()
-    return fig
+    return _finish_grouped(fig, ax, conditions, title)
 
 
 def heatmap_figure(pooled: Sequence[Rate], title: str) -> Figure:
