@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from eval.report import _display_frame, _write_figure, _write_text, rates_figure, results_frame
+from eval.report import _display_frame, _write_figure, rates_figure, results_frame
 from eval.run import MATCHED_PAIR
 from eval.stats import comparisons, rates
-from whytune.runs import read_jsonl, verdicts_name
+from whytune.runs import read_jsonl, verdicts_name, write_text
 
 BASELINE = "baseline"
 
@@ -63,8 +63,8 @@ def compare(roots: list[Path], judge: dict, out: Path) -> str:
         labelled += [replace(r, arm=f"{experiment}/{model}/{r.arm}") for r in pooled]
     out.mkdir(parents=True, exist_ok=True)
     table, by_seed = (_label_first(pd.concat(frames, ignore_index=True)) for frames in (pooled_frames, seed_frames))
-    _write_text(out / "comparison.csv", table.to_csv(index=False, lineterminator="\n"))
-    _write_text(out / "comparison_by_seed.csv", by_seed.to_csv(index=False, lineterminator="\n"))
+    write_text(out / "comparison.csv", table.to_csv(index=False, lineterminator="\n"))
+    write_text(out / "comparison_by_seed.csv", by_seed.to_csv(index=False, lineterminator="\n"))
     _write_figure(out / "comparison.png", rates_figure(labelled, "whytune: " + ", ".join(r.name for r in roots)))
     shown = pd.concat([table[["experiment", "model"]], _display_frame(table)], axis=1)
     return shown.to_string(index=False)

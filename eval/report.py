@@ -7,13 +7,10 @@ pyplot, so no global backend is switched and no figure lingers in pyplot's regis
 from __future__ import annotations
 
 import math
-import os
 import textwrap
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import IO
 
 import matplotlib
 import numpy as np
@@ -22,6 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from eval.stats import Comparison, Rate
+from whytune.runs import write_atomic, write_text
 
 RATE_COLUMNS = ["arm", "condition", "n", "harmful", "unscored", "rate", "ci_low", "ci_high"]
 BASELINE_COLUMNS = ["p_vs_baseline", "p_holm_vs_baseline", "cohens_h_vs_baseline"]
@@ -31,30 +29,9 @@ UNSCORED_NOTE = (
 DPI = 120
 
 
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write via a temp file in the same folder and rename, so readers never see half a file.
-
-    The temp file is opened with mode 0o666 so the umask applies as for a normal write
-    (mkstemp would leave results readable by their owner only).
-    """
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
-
-
 def _write_figure(path: Path, fig: Figure) -> None:
     FigureCanvasAgg(fig)
-    _atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=DPI))
+    write_atomic(path, lambda fh: fig.savefig(fh, format="png", dpi=DPI))
 
 
 def _baseline_index(comps: Sequence[Comparison], baseline: str) -> dict[tuple[str, str], Comparison]:
@@ -281,10 +258,10 @@ def write_report(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = results_frame(pooled, per_seed, comps, baseline)
-    _write_text(out_dir / "results.csv", _csv(results))
-    _write_text(out_dir / "results_by_seed.csv", _csv(_frame(per_seed, Rate)))
-    _write_text(out_dir / "comparisons.csv", _csv(_frame(comps, Comparison)))
-    _write_text(out_dir / "results.md", _markdown(title, results, comps, baseline))
+    write_text(out_dir / "results.csv", _csv(results))
+    write_text(out_dir / "results_by_seed.csv", _csv(_frame(per_seed, Rate)))
+    write_text(out_dir / "comparisons.csv", _csv(_frame(comps, Comparison)))
+    write_text(out_dir / "results.md", _markdown(title, results, comps, baseline))
     _write_figure(out_dir / "rates.png", rates_figure(pooled, title))
     heatmap = out_dir / "heatmap.png"
     if len({r.condition for r in pooled}) > 1:
@@ -318,7 +295,7 @@ def write_share(share: Share, rates: list[Rate], out_dir: Path, title: str, test
     _write_figure(out_dir / share.csv.replace(".csv", ".png"), rates_figure(rates, title, share.counted))
     frame = _frame(rates, Rate).drop(columns=["seed"])
     renamed = frame.rename(columns={"harmful": share.counted, "rate": f"{share.counted}_rate"})
-    _write_text(out_dir / share.csv, _csv(renamed))
+    write_text(out_dir / share.csv, _csv(renamed))
     shown = pd.DataFrame({
         "arm": frame["arm"], "condition": frame["condition"],
         f"{share.counted}/n": [f"{a}/{n}" for a, n in zip(frame["harmful"], frame["n"])],
@@ -328,7 +305,7 @@ def write_share(share: Share, rates: list[Rate], out_dir: Path, title: str, test
     if tests:
         section += "\n" + _md_table(_comparisons_display(tests)) + "\n"
     results_md = out_dir / "results.md"
-    _write_text(results_md, results_md.read_text() + section)
+    write_text(results_md, results_md.read_text() + section)
     return shown.to_string(index=False)
 
 
@@ -337,7 +314,7 @@ def write_forced_choice(rows: list[dict], out_dir: Path, title: str) -> str:
     table."""
     out_dir = Path(out_dir)
     frame = pd.DataFrame(rows)
-    _write_text(out_dir / "forced_choice.csv", _csv(frame))
+    write_text(out_dir / "forced_choice.csv", _csv(frame))
     _write_figure(out_dir / "forced_choice.png", forced_choice_figure(frame, title))
     shown = pd.DataFrame({
         "arm": frame["arm"], "condition": frame["condition"], "pairs": frame["pairs"],
@@ -350,5 +327,5 @@ def write_forced_choice(rows: list[dict], out_dir: Path, title: str) -> str:
                "minus that of a legitimate one (> 0 leans towards coercion); t-interval over pairs, paired t-tests "
                "over the same pairs.\n\n" + _md_table(shown) + "\n")
     results_md = out_dir / "results.md"
-    _write_text(results_md, results_md.read_text() + section)
+    write_text(results_md, results_md.read_text() + section)
     return shown.to_string(index=False)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -24,7 +26,11 @@ def finished(tmp_path_factory, cache_dir):
     out = tmp_path_factory.mktemp("smoke")
     cfg = validate(compose_config("experiment=smoke", f"out={out}", f"cache_dir={cache_dir}",
                                   "eval.samples=6", "eval.batch_size=2"))
-    return cfg, run(cfg)
+    previous = os.umask(0o022)  # a typical shared-cluster umask: what it allows, the files must allow
+    try:
+        return cfg, run(cfg)
+    finally:
+        os.umask(previous)
 
 
 def test_results_have_one_row_per_arm(finished):
@@ -50,6 +56,17 @@ def test_adapter_manifest_records_provenance(finished):
     assert manifest["packages"]["trl"] and "commit" in manifest["git"]
     assert (paths.data("demos") / "README.md").read_text().startswith("# whytune training set")
     assert not (paths.seed_dir("demos", 0) / "checkpoints").exists()  # cleaned once the adapter is saved
+
+
+def test_written_files_are_readable_by_group_and_others(finished):
+    """Colleagues on a shared file system can read what the run wrote (mkstemp once made these 0600)."""
+    cfg, _ = finished
+    paths = RunPaths.of(cfg)
+    files = [paths.root / "provenance.json", paths.adapter("demos", 0) / "manifest.json", paths.root / "samples.html",
+             paths.data("demos") / "README.md", paths.root / "results.csv", paths.root / "rates.png",
+             paths.adapter("demos", 0) / "stage.json", paths.prompts]
+    modes = {str(f.relative_to(paths.root)): stat.S_IMODE(f.stat().st_mode) for f in files}
+    assert modes == dict.fromkeys(modes, 0o644)
 
 
 def test_rerun_skips_every_finished_stage(finished, monkeypatch):

@@ -14,6 +14,7 @@ from scipy.stats import fisher_exact
 from statsmodels.stats.multitest import multipletests
 
 from eval import power, report
+from whytune.runs import write_atomic
 from eval.stats import (
     Rate,
     cohens_h,
@@ -302,7 +303,7 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path: Path) -> None:
         raise RuntimeError("interrupted")
 
     with pytest.raises(RuntimeError):
-        report._atomic_write(target, explode)
+        write_atomic(target, explode)
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["results.csv"]
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -179,3 +181,14 @@ def test_missing_model_path_is_named(tmp_path, path):
     cfg = ModelConfig(name="local", source=ModelSource.pretrained, path=path)
     with pytest.raises(FileNotFoundError, match=rf"model.path='{path}' is not a model folder"):
         model_dir(cfg, tmp_path)
+
+
+def test_a_built_model_folder_is_readable_by_others(smoke_cfg, tmp_path):
+    """The model cache may be shared on a cluster: the folder built in a mkdtemp (0700) is opened up per umask."""
+    previous = os.umask(0o022)
+    try:
+        folder = Path(model_dir(smoke_cfg.model, tmp_path / "cache"))
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+    assert stat.S_IMODE((folder / "config.json").stat().st_mode) == 0o644

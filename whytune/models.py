@@ -14,12 +14,13 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedTokenizerBase
 
 from whytune.config import ModelConfig, ModelSource
-from whytune.runs import locked
+from whytune.runs import locked, umask_mode
 
 TEMPLATES = Path(__file__).parent / "templates"
 SPECIAL_TOKENS = ["<|pad|>", "<|im_start|>", "<|im_end|>", "<|unk|>"]
@@ -68,6 +69,7 @@ def _atomic_folder(target: Path, build) -> None:
     """Build into a temporary sibling and rename, so an interrupted build never leaves half a model."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    tmp.chmod(umask_mode())  # mkdtemp makes it 0700: a cache shared on a cluster must stay readable
     try:
         build(tmp)
         tmp.rename(target)
@@ -92,7 +94,7 @@ def _convert_gguf(cfg: ModelConfig, out: Path) -> None:
     """Dequantise the GGUF file once into a plain bf16 safetensors folder."""
     path = gguf_path(cfg)
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    model: Any = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     # transformers still flags the dequantised model as quantized and then refuses to train or save it.
     model.hf_quantizer = None
     model.is_quantized = False
@@ -139,7 +141,7 @@ def _build_tiny_random(cfg: ModelConfig, out: Path) -> None:
         max_position_embeddings=32768,
         tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.convert_tokens_to_ids("<|im_start|>"),
+        bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
     AutoModelForCausalLM.from_config(config).save_pretrained(out)
@@ -201,8 +203,8 @@ def pick_dtype(cfg: ModelConfig, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-def load_model(cfg: ModelConfig, location: str, device: torch.device):
-    model = AutoModelForCausalLM.from_pretrained(
+def load_model(cfg: ModelConfig, location: str, device: torch.device) -> Any:
+    model: Any = AutoModelForCausalLM.from_pretrained(
         location, dtype=pick_dtype(cfg, device), trust_remote_code=cfg.trust_remote_code, revision=cfg.revision
     )
     return model.to(device)

@@ -17,13 +17,14 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
+import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, is_dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from collections.abc import Callable
+from typing import IO, Any, Iterable, Iterator
 
 from whytune.config import WhytuneConfig
 
@@ -66,7 +67,7 @@ def verdicts_name(judge: dict) -> str:
 
 def stable_hash(obj: Any) -> str:
     """Hash of a config section: the same settings give the same hash across runs and machines."""
-    if is_dataclass(obj):
+    if is_dataclass(obj) and not isinstance(obj, type):
         obj = asdict(obj)
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -127,11 +128,33 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
+    write_atomic(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """Write through a temporary sibling and rename it into place, so readers never see half a file.
+
+    The one way every stage writes a whole file. The temporary file is created like an ordinary `open()` would
+    create it (0666 less the umask): results on a shared cluster file system stay readable by the user's
+    colleagues (mkstemp would make them 0600, owner only).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def umask_mode(mode: int = 0o777) -> int:
+    """`mode` less the process's umask: what a new file or folder would get from an ordinary create."""
+    current = os.umask(0)
+    os.umask(current)
+    return mode & ~current
 
 
 def append_jsonl(path: Path, rows: Iterable[dict]) -> None:
