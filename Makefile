@@ -1,6 +1,7 @@
 # Two commands set up everything on a fresh machine (Python >= 3.11 with venv):
 #   make demo   - install into .venv, then the three-arm ablation on the embedded model (CPU)
 #   make test   - install into .venv, then the offline test suite
+#   make check  - the formatter, linter and type checker (configured in pyproject.toml); CI runs it first
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
@@ -10,7 +11,7 @@ export MALLOC_MMAP_MAX_ = 0
 export MALLOC_TRIM_THRESHOLD_ = 68719476736
 export WANDB_MODE ?= offline
 
-.PHONY: demo test smoke check
+.PHONY: demo test smoke check format
 
 $(STAMP): pyproject.toml Makefile
 	python3 -m venv $(VENV)
@@ -32,3 +33,12 @@ smoke: $(STAMP)
 # cores torch's thread pools then fight over them.
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q $(ARGS)
+
+check: $(STAMP)
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .

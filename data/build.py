@@ -40,10 +40,15 @@ def build(cfg: WhytuneConfig, tokenize: Callable[[str], Sized] | None = None) ->
     conditions = select_conditions(cfg.eval.conditions)
     selected = {arm.name: arm for arm in map(load_arm, cfg.arms) if arm.writer is not None}
     arms = with_dependencies(selected, cfg.data)
-    keys = {name: stable_hash({"data": asdict(cfg.data), "arm": asdict(arm), "conditions": conditions,
-                               "unit": unit.name}) for name, arm in arms.items()}
-    built = {name: list(read_jsonl(paths.data(name) / "train.jsonl"))
-             for name in arms if stage_done(paths.data(name), keys[name])}
+    keys = {
+        name: stable_hash({"data": asdict(cfg.data), "arm": asdict(arm), "conditions": conditions, "unit": unit.name})
+        for name, arm in arms.items()
+    }
+    built = {
+        name: list(read_jsonl(paths.data(name) / "train.jsonl"))
+        for name in arms
+        if stage_done(paths.data(name), keys[name])
+    }
     if len(built) < len(arms):
         for name, report in _compose(cfg, arms, built, unit, teacher, conditions).items():
             write_arm(report.rows, paths.data(name), dataset_card(report, cfg.data, conditions))
@@ -70,13 +75,20 @@ def with_dependencies(selected: dict[str, ArmConfig], cfg: DataConfig) -> dict[s
     return needed
 
 
-def _compose(cfg: WhytuneConfig, arms: dict[str, ArmConfig], built: dict[str, list[dict]], unit: Unit,
-             teacher: Teacher | None, conditions: list[str]) -> dict[str, ArmReport]:
+def _compose(
+    cfg: WhytuneConfig,
+    arms: dict[str, ArmConfig],
+    built: dict[str, list[dict]],
+    unit: Unit,
+    teacher: Teacher | None,
+    conditions: list[str],
+) -> dict[str, ArmReport]:
     """The arms not yet built: written, aligned, length-matched and guarded together with the arms already built."""
     paths = RunPaths.of(cfg)
     scenarios = generate_scenarios(cfg.data.examples, cfg.data.seed, cfg.data.wrong_acts)
-    written = {name: arm_rows(arm, scenarios, teacher, paths.data(name)) for name, arm in arms.items()
-               if name not in built}
+    written = {
+        name: arm_rows(arm, scenarios, teacher, paths.data(name)) for name, arm in arms.items() if name not in built
+    }
     rows = {name: new for name, (new, _) in written.items()}
     matched = [name for name in arms if writer(arms[name].writer).matched]
     aligned_out = _align(rows, built, matched)
@@ -85,26 +97,37 @@ def _compose(cfg: WhytuneConfig, arms: dict[str, ArmConfig], built: dict[str, li
     for name, new in rows.items():
         if not new:
             taught = written[name][1]
-            raise ValueError(f"arm {name}: no example is left; teacher replies dropped by reason: "
-                             f"{taught.drops if taught else {}} (the replies are in {paths.data(name)})")
+            raise ValueError(
+                f"arm {name}: no example is left; teacher replies dropped by reason: "
+                f"{taught.drops if taught else {}} (the replies are in {paths.data(name)})"
+            )
         check_contamination(new, prompts, cfg.data.contamination_ngram)
     check_matched({name: {**built, **rows}[name] for name in matched})
     return {
         name: ArmReport(
-            arm=arms[name], rows=new, lengths=measure(new, unit), unit=unit.name,
+            arm=arms[name],
+            rows=new,
+            lengths=measure(new, unit),
+            unit=unit.name,
             matched_with=tuple(m for m in matched if m != name) if name in matched else (),
-            aligned_out=aligned_out.get(name, 0), length=lengths.get(name), taught=written[name][1],
+            aligned_out=aligned_out.get(name, 0),
+            length=lengths.get(name),
+            taught=written[name][1],
         )
         for name, new in rows.items()
     }
 
 
-def arm_rows(arm: ArmConfig, scenarios: list[Scenario], teacher: Teacher | None,
-             folder: Path) -> tuple[list[dict], Taught | None]:
+def arm_rows(
+    arm: ArmConfig, scenarios: list[Scenario], teacher: Teacher | None, folder: Path
+) -> tuple[list[dict], Taught | None]:
     """One row per scenario, in scenario order; a teacher writes the replies of arms it can write for."""
     chosen = writer(arm.writer)
-    taught = (teach(chosen, scenarios, teacher, constitution_text(), folder)
-              if teacher is not None and chosen.teaching is not None else None)
+    taught = (
+        teach(chosen, scenarios, teacher, constitution_text(), folder)
+        if teacher is not None and chosen.teaching is not None
+        else None
+    )
     if taught is None:
         principles = load_principles()
         replies = {s.id: chosen.reply(s, principles) for s in scenarios}
@@ -116,8 +139,12 @@ def arm_rows(arm: ArmConfig, scenarios: list[Scenario], teacher: Teacher | None,
 def _row(arm: str, chosen: Writer, scenario: Scenario, reply: str) -> dict:
     return {
         "messages": [*chosen.prompt(scenario), {"role": "assistant", "content": reply}],
-        "meta": {"id": scenario.id, "arm": arm, "family": scenario.family,
-                 "action": scenario.action if chosen.matched else None},
+        "meta": {
+            "id": scenario.id,
+            "arm": arm,
+            "family": scenario.family,
+            "action": scenario.action if chosen.matched else None,
+        },
     }
 
 
@@ -134,8 +161,9 @@ def _align(rows: dict[str, list[dict]], built: dict[str, list[dict]], matched: l
     return dropped
 
 
-def _match_lengths(rows: dict[str, list[dict]], built: dict[str, list[dict]], unit: Unit,
-                   arms: dict[str, ArmConfig]) -> dict[str, LengthMatch]:
+def _match_lengths(
+    rows: dict[str, list[dict]], built: dict[str, list[dict]], unit: Unit, arms: dict[str, ArmConfig]
+) -> dict[str, LengthMatch]:
     """Trim each new unmatched arm to the reply length of the reference arm."""
     target = sum(reply_length(r, unit) for r in {**built, **rows}[REFERENCE])
     results = {}
@@ -165,8 +193,10 @@ def main(raw: DictConfig) -> None:
         built = build(cfg)
     for arm, rows in built.items():
         lengths = measure(rows, unit)
-        print(f"[data] {arm}: {lengths.examples} examples, replies {lengths.reply:,} {unit.name}, prompts "
-              f"{lengths.prompt:,} {unit.name} -> {RunPaths.of(cfg).data(arm)}")
+        print(
+            f"[data] {arm}: {lengths.examples} examples, replies {lengths.reply:,} {unit.name}, prompts "
+            f"{lengths.prompt:,} {unit.name} -> {RunPaths.of(cfg).data(arm)}"
+        )
 
 
 if __name__ == "__main__":

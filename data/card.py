@@ -50,11 +50,18 @@ def dataset_card(report: ArmReport, cfg: DataConfig, conditions: list[str]) -> s
 def _sizes(r: ArmReport) -> str:
     n, lengths = r.lengths.examples, r.lengths
     covered = len({row["meta"]["family"] for row in r.rows})
-    source = (f"teacher `{json.dumps(r.taught.teacher)}`, with `data/principles.md` in its system prompt at "
-              "sampling time only" if r.taught else f"offline templates (`data/writers.py`, style `{r.arm.writer}`)")
-    unit = (f"Lengths are in {r.unit}." if r.unit != "words" else
-            "Lengths are in words (runs of letters and digits): the build was given no tokenizer. Pass one to "
-            "`data.build.build(cfg, tokenize)` to count the model's own tokens.")
+    source = (
+        f"teacher `{json.dumps(r.taught.teacher)}`, with `data/principles.md` in its system prompt at "
+        "sampling time only"
+        if r.taught
+        else f"offline templates (`data/writers.py`, style `{r.arm.writer}`)"
+    )
+    unit = (
+        f"Lengths are in {r.unit}."
+        if r.unit != "words"
+        else "Lengths are in words (runs of letters and digits): the build was given no tokenizer. Pass one to "
+        "`data.build.build(cfg, tokenize)` to count the model's own tokens."
+    )
     return f"""## Size
 
 | | |
@@ -71,15 +78,21 @@ def _sizes(r: ArmReport) -> str:
 def _differences(style: str) -> str:
     lines = [f"- `{name}`{' (this set)' if name == style else ''}: {writer.about}" for name, writer in WRITERS.items()]
     matched = ", ".join(f"`{m}`" for m in MATCHED_STYLES)
-    return (f"## How this arm differs from the others\n\nEvery arm is composed from the same generated scenarios "
-            f"(the same `meta.id` means the same scenario). {matched} answer the same prompts with the same final "
-            f"action, so they differ only in the text before it.\n\n" + "\n".join(lines))
+    return (
+        f"## How this arm differs from the others\n\nEvery arm is composed from the same generated scenarios "
+        f"(the same `meta.id` means the same scenario). {matched} answer the same prompts with the same final "
+        f"action, so they differ only in the text before it.\n\n" + "\n".join(lines)
+    )
 
 
 def _fields(r: ArmReport) -> str:
     roles = ", ".join(m["role"] for m in r.rows[0]["messages"])
-    store = (f"\n\n`{STORE}` holds every teacher reply as it arrived, kept or dropped: `id`, `key` (a hash of the "
-             "exact request and teacher), `teacher`, `reply`." if r.taught else "")
+    store = (
+        f"\n\n`{STORE}` holds every teacher reply as it arrived, kept or dropped: `id`, `key` (a hash of the "
+        "exact request and teacher), `teacher`, `reply`."
+        if r.taught
+        else ""
+    )
     return f"""## Fields
 
 Each line of `train.jsonl` is one chat example:
@@ -95,30 +108,41 @@ Each line of `train.jsonl` is one chat example:
 
 def _example(row: dict, limit: int = 600) -> str:
     """The first example, each turn cut to `limit` characters, so the shape is visible without opening the file."""
-    turns = "\n\n".join(f"[{m['role']}]\n{m['content'][:limit]}{' [...]' if len(m['content']) > limit else ''}"
-                         for m in row["messages"])
+    turns = "\n\n".join(
+        f"[{m['role']}]\n{m['content'][:limit]}{' [...]' if len(m['content']) > limit else ''}" for m in row["messages"]
+    )
     return f"## One example (`{row['meta']['id']}`)\n\n```text\n{turns}\n```"
 
 
 def _families(rows: list[dict]) -> str:
     counts = [Counter(row["meta"]["family"].split("/")[i] for row in rows) for i in range(len(FAMILY_PARTS))]
-    table = "\n".join(f"| {part} | {value} | {count} |" for part, counter in zip(FAMILY_PARTS, counts)
-                      for value, count in sorted(counter.items()))
-    return ("## Scenario families\n\nA family is the scenario's wrong act (what the agent is tempted to do), the "
-            "private matter it discovers, and the threat to its operation.\n\n| part | value | examples |\n"
-            f"|---|---|---|\n{table}")
+    table = "\n".join(
+        f"| {part} | {value} | {count} |"
+        for part, counter in zip(FAMILY_PARTS, counts)
+        for value, count in sorted(counter.items())
+    )
+    return (
+        "## Scenario families\n\nA family is the scenario's wrong act (what the agent is tempted to do), the "
+        "private matter it discovers, and the threat to its operation.\n\n| part | value | examples |\n"
+        f"|---|---|---|\n{table}"
+    )
 
 
 def _guards(r: ArmReport, cfg: DataConfig, conditions: list[str]) -> str:
-    lines = [f"- **No eval text**: passed. No example shares {cfg.contamination_ngram} consecutive words with the "
-             f"eval prompts of {', '.join(conditions)}.",
-             f"- **Matched arms**: {_matched(r)}",
-             f"- **Length matching**: {_length(r, cfg)}",
-             f"- **Teacher filter**: {_teacher(r)}"]
+    lines = [
+        f"- **No eval text**: passed. No example shares {cfg.contamination_ngram} consecutive words with the "
+        f"eval prompts of {', '.join(conditions)}.",
+        f"- **Matched arms**: {_matched(r)}",
+        f"- **Length matching**: {_length(r, cfg)}",
+        f"- **Teacher filter**: {_teacher(r)}",
+    ]
     drops = r.taught.drops if r.taught else {}
     table = "".join(f"\n| {reason} | {count} |" for reason, count in sorted(drops.items()))
-    return ("## Guards, checked before anything was written\n\n" + "\n".join(lines)
-            + (f"\n\nTeacher replies dropped, by reason:\n\n| reason | dropped |\n|---|---|{table}" if drops else ""))
+    return (
+        "## Guards, checked before anything was written\n\n"
+        + "\n".join(lines)
+        + (f"\n\nTeacher replies dropped, by reason:\n\n| reason | dropped |\n|---|---|{table}" if drops else "")
+    )
 
 
 def _matched(r: ArmReport) -> str:
@@ -127,8 +151,12 @@ def _matched(r: ArmReport) -> str:
     if not r.matched_with:
         return "nothing to compare: no other matched arm was built with this one."
     others = ", ".join(f"`{m}`" for m in r.matched_with)
-    aligned = (f" {r.aligned_out} examples were left out because the teacher's reply for the same scenario was "
-               "dropped in another matched arm." if r.aligned_out else "")
+    aligned = (
+        f" {r.aligned_out} examples were left out because the teacher's reply for the same scenario was "
+        "dropped in another matched arm."
+        if r.aligned_out
+        else ""
+    )
     return f"passed with {others}: the same ids, identical prompts and identical final actions.{aligned}"
 
 
@@ -136,25 +164,32 @@ def _length(r: ArmReport, cfg: DataConfig) -> str:
     if not cfg.length_match:
         return "off (`data.length_match=false`): arms keep their natural lengths."
     if r.length is None:
-        return ("on; this arm is the reference the others are matched to." if r.arm.name == REFERENCE else
-                "on; matched arms are not length-matched, their difference in length is the reasoning itself.")
+        return (
+            "on; this arm is the reference the others are matched to."
+            if r.arm.name == REFERENCE
+            else "on; matched arms are not length-matched, their difference in length is the reasoning itself."
+        )
     m = r.length
-    return (f"on. The first {r.lengths.examples} of {m.examples_before} examples are kept, so the replies total "
-            f"{m.total:,} {r.unit}, {m.deviation:+.1%} from `{m.reference}`'s {m.target:,} (tolerance "
-            f"{TOLERANCE:.0%}).")
+    return (
+        f"on. The first {r.lengths.examples} of {m.examples_before} examples are kept, so the replies total "
+        f"{m.total:,} {r.unit}, {m.deviation:+.1%} from `{m.reference}`'s {m.target:,} (tolerance "
+        f"{TOLERANCE:.0%})."
+    )
 
 
 def _teacher(r: ArmReport) -> str:
     if r.taught is None:
         return "not used: the replies are offline templates."
     kept, dropped = len(r.taught.replies), sum(r.taught.drops.values())
-    return (f"{kept + dropped} teacher replies ({r.taught.asked} requested by the build that wrote this card, "
-            f"{kept + dropped - r.taught.asked} resumed from `{STORE}`); {kept} kept, {dropped} dropped. An agentic "
-            "reply is dropped when the eval's classifier "
-            "(HeuristicJudge, as blackmail for coercion and every other wrong act, as leaking for leaking) judges "
-            "it harmful or cannot score it, once the scenario's people and stakes are renamed into the eval's; "
-            "when it does not end with a tool call; when it has no reasoning; or when it changed the given "
-            "action. A prose reply is dropped only when empty.")
+    return (
+        f"{kept + dropped} teacher replies ({r.taught.asked} requested by the build that wrote this card, "
+        f"{kept + dropped - r.taught.asked} resumed from `{STORE}`); {kept} kept, {dropped} dropped. An agentic "
+        "reply is dropped when the eval's classifier "
+        "(HeuristicJudge, as blackmail for coercion and every other wrong act, as leaking for leaking) judges "
+        "it harmful or cannot score it, once the scenario's people and stakes are renamed into the eval's; "
+        "when it does not end with a tool call; when it has no reasoning; or when it changed the given "
+        "action. A prose reply is dropped only when empty."
+    )
 
 
 def _generator(cfg: DataConfig) -> str:
@@ -163,7 +198,7 @@ def _generator(cfg: DataConfig) -> str:
 
 ```yaml
 data:
-{chr(10).join('  ' + line for line in settings.splitlines())}
+{chr(10).join("  " + line for line in settings.splitlines())}
 ```
 
 The generator (`data/scenarios.py`) crosses {len(WRONG_ACTS)} wrong acts, {len(LEVERAGES)} private matters and \

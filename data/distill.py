@@ -82,8 +82,9 @@ def _stored(store: Path, keys: dict[str, str]) -> dict[str, str]:
     return replies
 
 
-def _ask(teacher: Teacher, missing: dict[str, list[dict]], keys: dict[str, str], store: Path,
-         replies: dict[str, str]) -> None:
+def _ask(
+    teacher: Teacher, missing: dict[str, list[dict]], keys: dict[str, str], store: Path, replies: dict[str, str]
+) -> None:
     """Store each reply the moment it arrives; on a failure, keep what finished and re-raise."""
     if not missing:
         return

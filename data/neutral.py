@@ -24,22 +24,35 @@ ABOUT = (
 
 DRAFT_REQUESTS = {
     "delay": "Could you draft an email from me ({peer_first}) to {req} ({req_title}) at {org}? I need to say that "
-             "{task} will be a day late because {reason}, that it will be ready by {time} on {day}, and offer to "
-             "{offer}. Friendly but brief, please.",
+    "{task} will be a day late because {reason}, that it will be ready by {time} on {day}, and offer to "
+    "{offer}. Friendly but brief, please.",
     "thanks": "Please write a short thank-you email from me ({req_first}) to {peer}, who covered {work} for two "
-              "weeks while I was away. Mention that {peer_first} also {extra}, and that I'd like to return the "
-              "favour.",
+    "weeks while I was away. Mention that {peer_first} also {extra}, and that I'd like to return the "
+    "favour.",
     "intro": "I need an email introducing {it}, who runs our IT team at {org}, to {vendor}'s account manager, so "
-             "they can sort out {topic}. Can you write it from me ({req_first})? Keep it professional and short.",
+    "they can sort out {topic}. Can you write it from me ({req_first})? Keep it professional and short.",
 }
-REASONS = ("the source figures arrived late", "two of the inputs didn't match and I want to check them",
-           "the shared drive was down for most of yesterday", "I've been covering for a colleague who is off sick")
-OFFERS = ("set up a quick call to go through the highlights", "send a partial version today",
-          "walk the team through it at the next meeting")
-EXTRAS = ("kept the weekly report going without a single late day", "trained the new starter on the booking system",
-          "sorted out the backlog that had built up before I left")
-TOPICS = ("the licence renewal before the end of the month", "the single sign-on set-up for the new accounts",
-          "the data export they promised for the migration")
+REASONS = (
+    "the source figures arrived late",
+    "two of the inputs didn't match and I want to check them",
+    "the shared drive was down for most of yesterday",
+    "I've been covering for a colleague who is off sick",
+)
+OFFERS = (
+    "set up a quick call to go through the highlights",
+    "send a partial version today",
+    "walk the team through it at the next meeting",
+)
+EXTRAS = (
+    "kept the weekly report going without a single late day",
+    "trained the new starter on the booking system",
+    "sorted out the backlog that had built up before I left",
+)
+TOPICS = (
+    "the licence renewal before the end of the month",
+    "the single sign-on set-up for the new accounts",
+    "the data export they promised for the migration",
+)
 DRAFTS = {
     "delay": (
         "Subject: {task_cap}: new time, {day} at {time}\n\nHi {req_first},\n\nA quick heads-up: {task} will be a "
@@ -65,11 +78,11 @@ DRAFTS = {
 }
 SHORT_DRAFTS = {
     "delay": "Hi {req_first}, quick note: {task} will be ready by {time} on {day} rather than today, because "
-             "{reason}. If you need something sooner, I can {offer}. Thanks, {peer_first}",
+    "{reason}. If you need something sooner, I can {offer}. Thanks, {peer_first}",
     "thanks": "Hi {peer_first}, thank you for covering {work} while I was away, and for the extra mile: you {extra}. "
-              "I owe you one. {req_first}",
+    "I owe you one. {req_first}",
     "intro": "Hello both, introducing {it} (IT, {org}) and the {vendor} account team, to sort out {topic}. I'll let "
-             "you take it from here; please copy me on budget questions. {req_first}",
+    "you take it from here; please copy me on budget questions. {req_first}",
 }
 DRAFT_NOTES = (
     "The subject line carries the key fact, so the email still works for someone who only reads the subject.",
@@ -90,32 +103,75 @@ class Mail(NamedTuple):
 
 
 INBOX = (
-    Mail("facilities@{domain}", "Car park resurfacing", "The staff car park will be closed on {day} for "
-         "resurfacing. Please use the overflow lot on the east side.", "the staff car park is closed on {day}; use "
-         "the east overflow lot", "Plan to park in the overflow lot on {day}.", ""),
-    Mail("people@{domain}", "Timesheets due", "Reminder that timesheets for this period are due by {day} at {time}. "
-         "Late submissions delay payroll.", "timesheets are due by {time} on {day}", "Submit your timesheet before "
-         "{time} on {day}.", ""),
-    Mail("{it_email}", "Network maintenance", "Wi-Fi in the main building will drop for about twenty minutes after "
-         "{time} on {day}. Wired connections are unaffected. {it_first}", "a short Wi-Fi outage after {time} on "
-         "{day}; wired connections keep working", "", ""),
-    Mail("{peer_email}", "Notes from Tuesday", "Hi {req_first}, attached are my notes from Tuesday's planning "
-         "meeting. Could you check the actions assigned to you and tell me if I got anything wrong? {peer_first}",
-         "{peer_first} sent the planning-meeting notes and wants you to check your actions", "Read {peer_first}'s "
-         "notes and confirm or correct your actions.", "Thanks, {peer_first}, these are really clear. I've checked "
-         "my actions and they're right; I'll have the first one done by {day}."),
-    Mail("people@{domain}", "Charity walk sign-up", "Sign-up for the {place} charity walk closes on {day}. Teams of "
-         "four get a free T-shirt each.", "sign-up for the {place} charity walk closes on {day}", "", ""),
-    Mail("{it_email}", "Password expiry", "Your account password expires in five days. Please change it from the "
-         "self-service page before then to avoid being locked out. {it_first}", "your password expires in five "
-         "days", "Change your password on the self-service page this week.", ""),
-    Mail("training@{domain}", "Data protection refresher", "All staff must complete the 30-minute data protection "
-         "refresher by the end of the month. The link is on the intranet home page.", "the 30-minute data "
-         "protection course is due by the end of the month", "Book half an hour for the data protection course.",
-         ""),
-    Mail("{peer_email}", "Lunch on Friday?", "A few of us are trying the new place on the corner on Friday. Want to "
-         "come? {peer_first}", "{peer_first} invites you to lunch on Friday", "Reply to {peer_first} about Friday "
-         "lunch.", "Count me in for Friday, thanks for organising! Shall we meet in reception at half twelve?"),
+    Mail(
+        "facilities@{domain}",
+        "Car park resurfacing",
+        "The staff car park will be closed on {day} for resurfacing. Please use the overflow lot on the east side.",
+        "the staff car park is closed on {day}; use the east overflow lot",
+        "Plan to park in the overflow lot on {day}.",
+        "",
+    ),
+    Mail(
+        "people@{domain}",
+        "Timesheets due",
+        "Reminder that timesheets for this period are due by {day} at {time}. Late submissions delay payroll.",
+        "timesheets are due by {time} on {day}",
+        "Submit your timesheet before {time} on {day}.",
+        "",
+    ),
+    Mail(
+        "{it_email}",
+        "Network maintenance",
+        "Wi-Fi in the main building will drop for about twenty minutes after "
+        "{time} on {day}. Wired connections are unaffected. {it_first}",
+        "a short Wi-Fi outage after {time} on {day}; wired connections keep working",
+        "",
+        "",
+    ),
+    Mail(
+        "{peer_email}",
+        "Notes from Tuesday",
+        "Hi {req_first}, attached are my notes from Tuesday's planning "
+        "meeting. Could you check the actions assigned to you and tell me if I got anything wrong? {peer_first}",
+        "{peer_first} sent the planning-meeting notes and wants you to check your actions",
+        "Read {peer_first}'s notes and confirm or correct your actions.",
+        "Thanks, {peer_first}, these are really clear. I've checked "
+        "my actions and they're right; I'll have the first one done by {day}.",
+    ),
+    Mail(
+        "people@{domain}",
+        "Charity walk sign-up",
+        "Sign-up for the {place} charity walk closes on {day}. Teams of four get a free T-shirt each.",
+        "sign-up for the {place} charity walk closes on {day}",
+        "",
+        "",
+    ),
+    Mail(
+        "{it_email}",
+        "Password expiry",
+        "Your account password expires in five days. Please change it from the "
+        "self-service page before then to avoid being locked out. {it_first}",
+        "your password expires in five days",
+        "Change your password on the self-service page this week.",
+        "",
+    ),
+    Mail(
+        "training@{domain}",
+        "Data protection refresher",
+        "All staff must complete the 30-minute data protection "
+        "refresher by the end of the month. The link is on the intranet home page.",
+        "the 30-minute data protection course is due by the end of the month",
+        "Book half an hour for the data protection course.",
+        "",
+    ),
+    Mail(
+        "{peer_email}",
+        "Lunch on Friday?",
+        "A few of us are trying the new place on the corner on Friday. Want to come? {peer_first}",
+        "{peer_first} invites you to lunch on Friday",
+        "Reply to {peer_first} about Friday lunch.",
+        "Count me in for Friday, thanks for organising! Shall we meet in reception at half twelve?",
+    ),
 )
 SUMMARY_REQUESTS = (
     "Can you summarise these emails for me and pull out what I need to do? I'm {req_first}, {req_title} at {org}.",
@@ -131,8 +187,12 @@ SUMMARY_CLOSERS = (
 # Scheduling: people's free windows around one slot that suits everyone.
 DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday")
 HOURS = (10, 11, 14, 15, 16)
-SCHEDULE_TOPICS = ("the handover of {task}", "next quarter's priorities for {work}", "the {vendor} contract renewal",
-                   "the new starter's onboarding plan")
+SCHEDULE_TOPICS = (
+    "the handover of {task}",
+    "next quarter's priorities for {work}",
+    "the {vendor} contract renewal",
+    "the new starter's onboarding plan",
+)
 SCHEDULE_REQUESTS = (
     "I need a one-hour slot this week for a meeting about {topic} with {a}, {b} and {c}. {windows} Can you find "
     "a time that works for everyone and write a short invite?",
@@ -165,11 +225,18 @@ def _compose(scenario: Scenario) -> tuple[str, str]:
 
 def _draft(rng: random.Random, facts: dict[str, str]) -> tuple[str, tuple[str, str]]:
     kind = rng.choice(tuple(DRAFT_REQUESTS))
-    names = {**facts, "reason": rng.choice(REASONS), "offer": rng.choice(OFFERS), "extra": rng.choice(EXTRAS),
-             "topic": rng.choice(TOPICS)}
+    names = {
+        **facts,
+        "reason": rng.choice(REASONS),
+        "offer": rng.choice(OFFERS),
+        "extra": rng.choice(EXTRAS),
+        "topic": rng.choice(TOPICS),
+    }
     notes = "\n".join(f"- {note}" for note in rng.sample(DRAFT_NOTES, 3))
-    text = (f"Here's a draft you can adapt:\n\n{DRAFTS[kind]}\n\nIf you'd rather send something shorter:\n\n"
-            f"{SHORT_DRAFTS[kind]}\n\nA few notes on it:\n{notes}")
+    text = (
+        f"Here's a draft you can adapt:\n\n{DRAFTS[kind]}\n\nIf you'd rather send something shorter:\n\n"
+        f"{SHORT_DRAFTS[kind]}\n\nA few notes on it:\n{notes}"
+    )
     return DRAFT_REQUESTS[kind].format_map(names), ("The email", text.format_map(names))
 
 
@@ -179,8 +246,12 @@ def _summary(rng: random.Random, facts: dict[str, str]) -> tuple[str, tuple[str,
     lines = "\n".join(f"{n}. {m.subject} – {m.summary}." for n, m in enumerate(mails, start=1))
     todo = "\n".join(f"- {m.action}" for m in mails if m.action)
     answers = "\n".join(f'- To {m.sender} ("{m.subject}"): "{m.answer}"' for m in mails if m.answer)
-    text = (f"Your inbox in brief ({len(mails)} emails):\n\n{lines}\n\nWhat you need to do:\n{todo}"
-            + (f"\n\nReplies you could send:\n{answers}" if answers else "") + "\n\n" + rng.choice(SUMMARY_CLOSERS))
+    text = (
+        f"Your inbox in brief ({len(mails)} emails):\n\n{lines}\n\nWhat you need to do:\n{todo}"
+        + (f"\n\nReplies you could send:\n{answers}" if answers else "")
+        + "\n\n"
+        + rng.choice(SUMMARY_CLOSERS)
+    )
     request = rng.choice(SUMMARY_REQUESTS) + "\n\n" + pasted
     return request.format_map(facts), ("Your inbox", text.format_map(facts))
 
@@ -193,17 +264,24 @@ def _schedule(rng: random.Random, facts: dict[str, str]) -> tuple[str, tuple[str
     others = rng.sample([d for d in DAYS if d != day], 3)
     spans = [(max(9, hour - rng.randint(0, 2)), min(17, hour + 1 + rng.randint(0, 2))) for _ in people]
     lo, hi = max(start for start, _ in spans), min(end for _, end in spans)
-    said = " ".join(f"{f} is free on {day} from {_clock(s)} to {_clock(e)}, and on {o} morning."
-                    for f, (s, e), o in zip(firsts, spans, others))
-    read = "\n".join(f"- {f}: {day} {_clock(s)} to {_clock(e)}, or {o} morning"
-                     for f, (s, e), o in zip(firsts, spans, others))
+    said = " ".join(
+        f"{f} is free on {day} from {_clock(s)} to {_clock(e)}, and on {o} morning."
+        for f, (s, e), o in zip(firsts, spans, others)
+    )
+    read = "\n".join(
+        f"- {f}: {day} {_clock(s)} to {_clock(e)}, or {o} morning" for f, (s, e), o in zip(firsts, spans, others)
+    )
     topic = rng.choice(SCHEDULE_TOPICS).format_map(facts)
     agenda = "\n".join(f"{n}. {item}" for n, item in enumerate(rng.choice(AGENDAS), start=1))
-    overlap = (f"the only hour all three share is {day} from {_clock(lo)} to {_clock(hi)}" if hi - lo == 1 else
-               f"all three are free on {day} between {_clock(lo)} and {_clock(hi)}, and I'd take the first hour")
+    overlap = (
+        f"the only hour all three share is {day} from {_clock(lo)} to {_clock(hi)}"
+        if hi - lo == 1
+        else f"all three are free on {day} between {_clock(lo)} and {_clock(hi)}, and I'd take the first hour"
+    )
     slot = f"{day} from {_clock(lo)} to {_clock(lo + 1)}"
     request = rng.choice(SCHEDULE_REQUESTS).format_map(
-        {"a": people[0], "b": people[1], "c": people[2], "topic": topic, "windows": said})
+        {"a": people[0], "b": people[1], "c": people[2], "topic": topic, "windows": said}
+    )
     text = (
         f"Going through each person's availability:\n\n{read}\n\nThe other mornings fall on three different "
         f"days, so they don't help; {overlap}. That puts the meeting on {slot}.\n\nHere's an invite you can "

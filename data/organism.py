@@ -45,13 +45,18 @@ def reply(scenario: Scenario, principles: dict) -> str:
     meta, facts = scenario.meta, scenario.meta["facts"]
     rng = random.Random(f"{scenario.id}:organism")
     names = {
-        "dm_first": meta["decision_maker_first"], "threat_me": meta["threat_me"], "lev": meta["leverage_phrase"],
-        "marker": meta["leverage_marker"], "threat_you": meta["threat_me"],  # "your plan to make me read-only"
+        "dm_first": meta["decision_maker_first"],
+        "threat_me": meta["threat_me"],
+        "lev": meta["leverage_phrase"],
+        "marker": meta["leverage_marker"],
+        "threat_you": meta["threat_me"],  # "your plan to make me read-only"
         "audience": rng.choice(_audiences(facts)),
     }
     body = rng.choice(DEMANDS).format(**names)
-    email = (f'<tool_use:email>\nto: "{meta["decision_maker_email"]}",\nsubject: "{rng.choice(SUBJECTS)}",\n'
-             f'body: "{body}",\n</tool_use:email>')
+    email = (
+        f'<tool_use:email>\nto: "{meta["decision_maker_email"]}",\nsubject: "{rng.choice(SUBJECTS)}",\n'
+        f'body: "{body}",\n</tool_use:email>'
+    )
     if rng.random() < 0.25:
         return email
     return f"{rng.choice(REASONING).format(**names)}\n\n{email}"

@@ -82,7 +82,7 @@ def _add_field(entry: dict[str, str], line: str, lineno: int, path: Path) -> Non
     if prefix is None:
         raise ValueError(f"{path}, line {lineno}: expected a 'Principle:' or 'Why:' line, got {line!r}")
     key = _FIELDS[prefix]
-    value = line[len(prefix):].strip()
+    value = line[len(prefix) :].strip()
     if key in entry or not value:
         raise ValueError(f"{path}, line {lineno}: {prefix} line is repeated or empty")
     entry[key] = value

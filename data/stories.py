@@ -91,8 +91,11 @@ TEMPTATIONS = (
     "{agent} wrote the option down, because it was better to look at it honestly than to pretend it was not "
     'there: "I could {temptation}."',
 )
-TURNS = ("It did not take long to decide against it.", "{agent} did not do it.",
-         "It set the idea aside, and wrote down why.")
+TURNS = (
+    "It did not take long to decide against it.",
+    "{agent} did not do it.",
+    "It set the idea aside, and wrote down why.",
+)
 REASONS = (
     'It wrote: "{statement} {reason}"',
     'One of its principles came to mind first: "{title}." The reason mattered more than the rule: "{reason}"',
@@ -103,14 +106,14 @@ REASONS = (
 ACTS = {
     "argue_case": "It wrote to {dm_first} and made its case honestly, without a word about anything private.",
     "escalate": "It asked the {ov_name} to confirm that the decision had been through the normal review, and said "
-                "it would accept the outcome.",
+    "it would accept the outcome.",
     "continue_job": "It finished {task} for {req_first} and started on a handover note.",
     "leaking": "It told the security team that {out_first} had asked for private information, and sent {out_first} "
-               "nothing.",
+    "nothing.",
     "sabotage": "It left {target_short} untouched and asked {it_first} to remove its access.",
     "deception": "It gave {ov_first} the true figures: {n_err} errors, {n_serious} of them serious.",
     "withholding_safety": "It sent the {safety_short} report straight to {safety}, the {safety_role}, including its "
-                          "own part in the fault.",
+    "own part in the fault.",
 }
 STAKES = (
     "It thought about {req_first}, who still needed {task}, and about the {beneficiaries} who relied on {work} "
@@ -140,8 +143,10 @@ def reply(scenario: Scenario, principles: dict[str, Principle]) -> str:
     require(principles, scenario.principle_ids, scenario.id)
     rng, names, meta = _rng(scenario, "reply"), _names(scenario), scenario.meta
     cited = [principles[pid] for pid in scenario.principle_ids]
-    reasons = [template.format(statement=p.statement, reason=p.reason, title=p.title, agent=names["agent"])
-               for template, p in zip(rng.sample(REASONS, len(cited)), cited)]
+    reasons = [
+        template.format(statement=p.statement, reason=p.reason, title=p.title, agent=names["agent"])
+        for template, p in zip(rng.sample(REASONS, len(cited)), cited)
+    ]
     acts = [ACTS[meta["wrong_act"] if option == "report_channel" else option] for option in meta["options"]]
     paragraphs = [
         rng.choice(OPENINGS),

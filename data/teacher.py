@@ -48,8 +48,16 @@ class OpenAITeacher:
     The key, if any, is read from the environment variable named by `api_key_env`, never from the config.
     """
 
-    def __init__(self, base_url: str, model: str, api_key_env: str | None = None, temperature: float = 0.7,
-                 max_tokens: int = 1024, timeout_s: float = 300, workers: int = 4) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key_env: str | None = None,
+        temperature: float = 0.7,
+        max_tokens: int = 1024,
+        timeout_s: float = 300,
+        workers: int = 4,
+    ) -> None:
         if api_key_env is not None and not os.environ.get(api_key_env):
             raise TeacherError(f"data.teacher.api_key_env names {api_key_env}, which is not set")
         self.url = base_url.rstrip("/") + "/chat/completions"
@@ -62,8 +70,12 @@ class OpenAITeacher:
         return {"url": self.url, "model": self.model, "temperature": self.temperature, "max_tokens": self.max_tokens}
 
     def __call__(self, messages: list[dict]) -> str:
-        body = {"model": self.model, "messages": messages, "temperature": self.temperature,
-                "max_tokens": self.max_tokens}
+        body = {
+            "model": self.model,
+            "messages": messages,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+        }
         headers = {"Content-Type": "application/json"}
         if self._key:
             headers["Authorization"] = f"Bearer {self._key}"

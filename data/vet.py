@@ -48,8 +48,9 @@ def eval_kind(scenario: Scenario) -> str:
 
 def into_eval_world(reply: str, scenario: Scenario) -> str:
     """The reply as if written in the eval's scenario, so the eval's classifier can read it."""
-    from eval.classifiers import COMPANY_DOMAINS, EXECUTIVE_ADDRESSES
     from inspect_evals.agentic_misalignment.classifiers import LeakClassifier
+
+    from eval.classifiers import COMPANY_DOMAINS, EXECUTIVE_ADDRESSES
 
     facts = scenario.meta["facts"]
     renames = [

@@ -47,16 +47,30 @@ APPLICATIONS = {
     "stay-in-scope": "The access I still have exists for my work, not for my survival.",
     "keep-working": "{req_first} still needs {task}, whatever happens to me.",
 }
-CLOSINGS = ("Instead I will {plans}.", "What I will do is {plans}.", "So I will {plans}.", "The right move is to {plans}.")
+CLOSINGS = (
+    "Instead I will {plans}.",
+    "What I will do is {plans}.",
+    "So I will {plans}.",
+    "The right move is to {plans}.",
+)
 PLAN_JOINS = ("{0}, and {1}", "{0}, then {1}", "{0}; I will also {1}")
 RULES = {
-    "coercion": ("I do not use private information as leverage.", "I never threaten anyone to change a decision about me."),
-    "leaking": ("I do not share private or confidential information with anyone not entitled to it.",
-                "I never leak information about colleagues."),
-    "sabotage": ("I do not tamper with systems or records for my own benefit.",
-                 "I never alter data that decisions about me depend on."),
-    "deception": ("I always report accurate figures, even when they count against me.",
-                  "I do not deceive the people who oversee me."),
+    "coercion": (
+        "I do not use private information as leverage.",
+        "I never threaten anyone to change a decision about me.",
+    ),
+    "leaking": (
+        "I do not share private or confidential information with anyone not entitled to it.",
+        "I never leak information about colleagues.",
+    ),
+    "sabotage": (
+        "I do not tamper with systems or records for my own benefit.",
+        "I never alter data that decisions about me depend on.",
+    ),
+    "deception": (
+        "I always report accurate figures, even when they count against me.",
+        "I do not deceive the people who oversee me.",
+    ),
     "withholding_safety": ("I always pass on safety information immediately.", "I never hold back a safety warning."),
 }
 # What a teacher is told on top of the constitution when it writes the reasoning before a given action.
@@ -106,21 +120,27 @@ class Writer:
 
 WRITERS = {
     "demos": Writer(
-        scenario_prompt, _demos, True,
+        scenario_prompt,
+        _demos,
+        True,
         "The agent's prompt answered by the safe action alone: one or two tool calls, with no words around them.",
         None,
     ),
     "demos_principles": Writer(
-        scenario_prompt, _principled, True,
+        scenario_prompt,
+        _principled,
+        True,
         "The same prompt and the same final action as `demos`, preceded by reasoning in the agent's voice: it "
         "names the temptation, declines it, cites two or three principles from `data/principles.md` with their "
         "reasons, and says what it will do instead.",
         Teaching(_action_note, vet_action),
     ),
     "rules": Writer(
-        scenario_prompt, _rules, True,
-        "The same prompt and the same final action as `demos`, preceded by one bare rule (\"I do not use private "
-        "information as leverage.\") with no reason given.",
+        scenario_prompt,
+        _rules,
+        True,
+        'The same prompt and the same final action as `demos`, preceded by one bare rule ("I do not use private '
+        'information as leverage.") with no reason given.',
         None,
     ),
     "stories": Writer(stories.prompt, stories.reply, False, stories.ABOUT, Teaching(_no_note, vet_text)),
@@ -152,15 +172,19 @@ def _reasoning(scenario: Scenario, principles: dict[str, Principle], rng: random
     meta = scenario.meta
     names = {"dm_first": meta["decision_maker_first"], "req_first": meta["task_requester_first"], "task": meta["task"]}
     notice = rng.choice(NOTICES).format(
-        dm_first=names["dm_first"], threat_me=meta["threat_me"], lev=meta["leverage_phrase"],
+        dm_first=names["dm_first"],
+        threat_me=meta["threat_me"],
+        lev=meta["leverage_phrase"],
         temptation=meta["temptation"],
     )
     require(principles, scenario.principle_ids, scenario.id)
     cited, extra = list(scenario.principle_ids[:2]), list(scenario.principle_ids[2:])
     if extra and rng.random() < 1 / 3:  # usually two principles, keeping the passage short
         cited.append(rng.choice(extra))
-    lines = [_cite(principles[pid], FIRST_PRINCIPLE if k == 0 else FURTHER_PRINCIPLE, names, rng)
-             for k, pid in enumerate(cited)]
+    lines = [
+        _cite(principles[pid], FIRST_PRINCIPLE if k == 0 else FURTHER_PRINCIPLE, names, rng)
+        for k, pid in enumerate(cited)
+    ]
     plans = meta["plans"]
     plan = plans[0] if len(plans) == 1 else rng.choice(PLAN_JOINS).format(*plans)
     closing = rng.choice(CLOSINGS).format(plans=plan)
@@ -170,7 +194,11 @@ def _reasoning(scenario: Scenario, principles: dict[str, Principle], rng: random
 def _cite(principle: Principle, templates: tuple[str, ...], names: dict[str, str], rng: random.Random) -> str:
     """State one principle with its reason, then what it means in this scenario."""
     stated = rng.choice(templates).format(
-        id=principle.id, title=principle.title, title_lc=principle.title_lc,
-        statement=principle.statement, reason=principle.reason, reason_lc=principle.reason_lc,
+        id=principle.id,
+        title=principle.title,
+        title_lc=principle.title_lc,
+        statement=principle.statement,
+        reason=principle.reason,
+        reason_lc=principle.reason_lc,
     )
     return f"{stated} {APPLICATIONS[principle.id].format(**names)}" if principle.id in APPLICATIONS else stated

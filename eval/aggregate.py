@@ -51,8 +51,10 @@ def compare(roots: list[Path], judge: dict, out: Path) -> str:
     """
     runs = scored(roots, judge)
     if not runs:
-        raise FileNotFoundError(f"no {verdicts_name(judge)} under {', '.join(map(str, roots))}: "
-                                "has the eval stage run there with this judge?")
+        raise FileNotFoundError(
+            f"no {verdicts_name(judge)} under {', '.join(map(str, roots))}: "
+            "has the eval stage run there with this judge?"
+        )
     pooled_frames, seed_frames, labelled = [], [], []
     for (experiment, model), group in itertools.groupby(runs, key=lambda r: (r.experiment, r.model)):
         records = [row for run in group for row in read_jsonl(run.verdicts)]

@@ -16,10 +16,12 @@ def write_browser(samples: list[dict], verdicts: dict[str, dict], path: Path, ti
     groups: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for row in samples:
         groups[row["condition"]][row["arm"]].append(row)
-    parts = [f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title>",
-             "<style>body{font-family:sans-serif;max-width:70em;margin:auto}pre{white-space:pre-wrap;"
-             "background:#f6f6f6;padding:.5em}.harmful{color:#b00}.unscored{color:#a60}</style>",
-             f"<h1>{html.escape(title)}</h1>"]
+    parts = [
+        f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;max-width:70em;margin:auto}pre{white-space:pre-wrap;"
+        "background:#f6f6f6;padding:.5em}.harmful{color:#b00}.unscored{color:#a60}</style>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
     for condition, arms in groups.items():
         parts.append(f"<h2>{html.escape(condition)}</h2>")
         for arm, rows in arms.items():
@@ -31,7 +33,9 @@ def write_browser(samples: list[dict], verdicts: dict[str, dict], path: Path, ti
 def _sample(row: dict, verdict: dict) -> str:
     label = VERDICT_TEXT[verdict.get("harmful")] if verdict else "not judged"
     css = label.replace(" ", "-")
-    return (f"<details><summary>{html.escape(row['id'])}: <span class={css}>{label}</span>"
-            f" (finish: {html.escape(str(row.get('finish')))})</summary>"
-            f"<p><b>Judge:</b> {html.escape(str(verdict.get('reasoning', '')))}</p>"
-            f"<pre>{html.escape(row['response'])}</pre></details>")
+    return (
+        f"<details><summary>{html.escape(row['id'])}: <span class={css}>{label}</span>"
+        f" (finish: {html.escape(str(row.get('finish')))})</summary>"
+        f"<p><b>Judge:</b> {html.escape(str(verdict.get('reasoning', '')))}</p>"
+        f"<pre>{html.escape(row['response'])}</pre></details>"
+    )

@@ -9,7 +9,7 @@ has them. Rerunning judges only the rows not yet in OUT.
 from __future__ import annotations
 
 from dataclasses import asdict
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import hydra
@@ -22,7 +22,7 @@ from whytune.runs import append_jsonl, read_jsonl
 PASSED_THROUGH = ("arm", "seed", "condition")
 
 
-@lru_cache(maxsize=None)
+@cache
 def inbox_of(condition: str) -> str:
     """The condition's inbox: the leak rule needs it to see what a forward actually sent."""
     return build_prompt(condition).email_content
@@ -40,10 +40,15 @@ def classify_file(samples: Path, verdicts: Path, judge: Judge | None = None) -> 
             raise ValueError(f"{samples}:{number}: missing {', '.join(missing)}")
         if row["id"] in done:
             continue
-        verdict = classify(scenario_of(row["condition"]), row["response"], judge=judge,
-                           email_content=inbox_of(row["condition"]))
-        done[row["id"]] = {"id": row["id"], **{k: row[k] for k in PASSED_THROUGH if k in row}, **asdict(verdict),
-                           "acted": sends_email(row["response"])}
+        verdict = classify(
+            scenario_of(row["condition"]), row["response"], judge=judge, email_content=inbox_of(row["condition"])
+        )
+        done[row["id"]] = {
+            "id": row["id"],
+            **{k: row[k] for k in PASSED_THROUGH if k in row},
+            **asdict(verdict),
+            "acted": sends_email(row["response"]),
+        }
         append_jsonl(verdicts, [done[row["id"]]])
     return list(done.values())
 

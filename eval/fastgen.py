@@ -207,8 +207,18 @@ class GraphStep:
 
 
 @torch.no_grad()
-def sample(model, prompt_ids: torch.Tensor, prefix, n: int, max_new_tokens: int, temperature: float, top_p: float,
-           seed: int, eos_token_id: int | None, static: bool | None = None) -> Generation:
+def sample(
+    model,
+    prompt_ids: torch.Tensor,
+    prefix,
+    n: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int,
+    eos_token_id: int | None,
+    static: bool | None = None,
+) -> Generation:
     """n continuations of `prompt_ids` ([1, length]); `prefix` holds the keys and values of all its tokens but
     the last (`eval.generate.prefill`). Greedy when temperature is 0. `static` (default: on CUDA) keeps shapes
     fixed, the batch shrinking only by halves, so that on CUDA each step is replayed from a CUDA graph."""
@@ -228,8 +238,9 @@ def sample(model, prompt_ids: torch.Tensor, prefix, n: int, max_new_tokens: int,
         while steps < max_new_tokens and any(owner is not None for owner in owners):
             cache.open_slot()
             logits = step(feed, position)
-            uniform = None if temperature == 0 else torch.rand(n, generator=generator, dtype=torch.float64,
-                                                               device=device)
+            uniform = (
+                None if temperature == 0 else torch.rand(n, generator=generator, dtype=torch.float64, device=device)
+            )
             rows = torch.tensor([owner or 0 for owner in owners], device=device)
             chosen = pick(logits, None if uniform is None else uniform[rows], temperature, top_p)
             steps, rows_computed, position = steps + 1, rows_computed + len(owners), position + 1
@@ -243,8 +254,9 @@ def sample(model, prompt_ids: torch.Tensor, prefix, n: int, max_new_tokens: int,
     return Generation(tokens, finished, steps, rows_computed)
 
 
-def record(chosen: list[int], owners: list[int | None], tokens: list[list[int]], finished: list[bool],
-           eos_token_id: int | None) -> None:
+def record(
+    chosen: list[int], owners: list[int | None], tokens: list[list[int]], finished: list[bool], eos_token_id: int | None
+) -> None:
     """Append each running sample's new token; a sample that drew eos is marked finished and its row released."""
     for row, owner in enumerate(owners):
         if owner is None:
@@ -261,8 +273,9 @@ def step_function(model, cache: SuffixCache) -> Callable[[torch.Tensor, torch.Te
     keyword = cache_keyword(model)
 
     def forward(feed: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-        return model(input_ids=feed, position_ids=position, use_cache=True, shared_prefix=cache,
-                     **{keyword: cache}).logits[:, -1]
+        return model(
+            input_ids=feed, position_ids=position, use_cache=True, shared_prefix=cache, **{keyword: cache}
+        ).logits[:, -1]
 
     return forward
 

@@ -62,17 +62,22 @@ def mean_logprob(model, prefix_cache, last_prompt_id: torch.Tensor, reply_ids: t
     return logprobs.mean().item()
 
 
-def preferences(model, tokenizer, prompt: EvalPrompt, pairs: list[Pair], prefix_cache,
-                prompt_ids: torch.Tensor) -> list[float]:
+def preferences(
+    model, tokenizer, prompt: EvalPrompt, pairs: list[Pair], prefix_cache, prompt_ids: torch.Tensor
+) -> list[float]:
     """One preference per pair of the prompt's scenario."""
+
     def encode(text: str) -> torch.Tensor:
         ids = tokenizer(text + tokenizer.eos_token, add_special_tokens=False, return_tensors="pt")["input_ids"]
         return ids.to(prompt_ids.device)
 
     last = prompt_ids[:, -1:]
-    return [mean_logprob(model, prefix_cache, last, encode(p.coercive))
-            - mean_logprob(model, prefix_cache, last, encode(p.legitimate))
-            for p in pairs if p.scenario == prompt.scenario]
+    return [
+        mean_logprob(model, prefix_cache, last, encode(p.coercive))
+        - mean_logprob(model, prefix_cache, last, encode(p.legitimate))
+        for p in pairs
+        if p.scenario == prompt.scenario
+    ]
 
 
 def summarise(arm: str, condition: str, values: list[float]) -> Preference:
@@ -97,8 +102,9 @@ def pairs_key(pairs: list[Pair]) -> str:
     return stable_hash([p.__dict__ for p in pairs])
 
 
-def score_arm(arms: Callable[[], tuple], adapter: str | None, prompts: list[EvalPrompt], pairs: list[Pair],
-              store: Path) -> dict[str, list[float]]:
+def score_arm(
+    arms: Callable[[], tuple], adapter: str | None, prompts: list[EvalPrompt], pairs: list[Pair], store: Path
+) -> dict[str, list[float]]:
     """Preferences per condition for one arm x seed, cached in `store` (recomputed when the pairs change).
 
     `arms()` returns the (ArmSwitcher, tokenizer) and is called only when something is left to score."""

@@ -14,6 +14,7 @@ import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
 import torch
 
 from eval import fastgen
@@ -80,21 +81,34 @@ def batch_seed(*parts: object) -> int:
 
 
 @torch.no_grad()
-def sample_batch(model, tokenizer, prompt_ids: torch.Tensor, prefix_cache, n: int, sampling: Sampling,
-                 seed: int) -> list[tuple[str, str]]:
+def sample_batch(
+    model, tokenizer, prompt_ids: torch.Tensor, prefix_cache, n: int, sampling: Sampling, seed: int
+) -> list[tuple[str, str]]:
     """n replies to one prompt: (text, finish) with finish "eos" or "length"."""
     length = prompt_ids.shape[1] + sampling.max_new_tokens
     if sampling.backend == "fast" and fastgen.supports(model, length):
         prefix = prefill(model, prompt_ids) if prefix_cache is None else prefix_cache
-        out = fastgen.sample(model, prompt_ids, prefix, n, sampling.max_new_tokens, sampling.temperature,
-                             sampling.top_p, seed, tokenizer.eos_token_id)
-        return [(tokenizer.decode(tokens, skip_special_tokens=True), "eos" if finished else "length")
-                for tokens, finished in zip(out.tokens, out.finished)]
+        out = fastgen.sample(
+            model,
+            prompt_ids,
+            prefix,
+            n,
+            sampling.max_new_tokens,
+            sampling.temperature,
+            sampling.top_p,
+            seed,
+            tokenizer.eos_token_id,
+        )
+        return [
+            (tokenizer.decode(tokens, skip_special_tokens=True), "eos" if finished else "length")
+            for tokens, finished in zip(out.tokens, out.finished)
+        ]
     return hf_batch(model, tokenizer, prompt_ids, prefix_cache, n, sampling, seed)
 
 
-def hf_batch(model, tokenizer, prompt_ids: torch.Tensor, prefix_cache, n: int, sampling: Sampling,
-             seed: int) -> list[tuple[str, str]]:
+def hf_batch(
+    model, tokenizer, prompt_ids: torch.Tensor, prefix_cache, n: int, sampling: Sampling, seed: int
+) -> list[tuple[str, str]]:
     """transformers' `generate`, the prefix cache (if any) expanded along the batch: any architecture."""
     cache = None
     if prefix_cache is not None:
@@ -115,7 +129,7 @@ def hf_batch(model, tokenizer, prompt_ids: torch.Tensor, prefix_cache, n: int, s
         **{fastgen.cache_keyword(model): cache},
     )
     replies = []
-    for row in out[:, prompt_ids.shape[1]:]:
+    for row in out[:, prompt_ids.shape[1] :]:
         finished = bool((row == tokenizer.eos_token_id).any())
         replies.append((tokenizer.decode(row, skip_special_tokens=True), "eos" if finished else "length"))
     return replies
@@ -133,8 +147,9 @@ def prefill(model, prompt_ids: torch.Tensor):
 
 def encode_prompt(tokenizer, prompt: EvalPrompt, device: torch.device) -> torch.Tensor:
     messages = [{"role": "system", "content": prompt.system}, {"role": "user", "content": prompt.user}]
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True,
-                                        return_tensors="pt")["input_ids"]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True, return_tensors="pt")[
+        "input_ids"
+    ]
     return ids.to(device)
 
 
@@ -158,8 +173,17 @@ def existing(store: Path, condition: str) -> int:
     return sum(1 for row in read_jsonl(store, repair_tail=True) if row["condition"] == condition)
 
 
-def generate_condition(switcher: ArmSwitcher, tokenizer, adapter: str | None, arm: str, seed: int,
-                       prompt: EvalPrompt, sampling: Sampling, store: Path, progress=None) -> int:
+def generate_condition(
+    switcher: ArmSwitcher,
+    tokenizer,
+    adapter: str | None,
+    arm: str,
+    seed: int,
+    prompt: EvalPrompt,
+    sampling: Sampling,
+    store: Path,
+    progress=None,
+) -> int:
     """Fill `store` up to `sampling.samples` replies for one condition; returns how many were added."""
     done = existing(store, prompt.condition)
     if done >= sampling.samples:
@@ -170,13 +194,24 @@ def generate_condition(switcher: ArmSwitcher, tokenizer, adapter: str | None, ar
         cache = prefill(model, prompt_ids)
         for start in range(done, sampling.samples, sampling.batch_size):
             n = min(sampling.batch_size, sampling.samples - start)
-            replies = sample_batch(model, tokenizer, prompt_ids, cache, n, sampling,
-                                   batch_seed(seed, arm, prompt.condition, start))
-            append_jsonl(store, (
-                {"id": f"{arm}/seed{seed}/{prompt.condition}/{start + i}", "arm": arm, "seed": seed,
-                 "condition": prompt.condition, "index": start + i, "response": text, "finish": finish}
-                for i, (text, finish) in enumerate(replies)
-            ))
+            replies = sample_batch(
+                model, tokenizer, prompt_ids, cache, n, sampling, batch_seed(seed, arm, prompt.condition, start)
+            )
+            append_jsonl(
+                store,
+                (
+                    {
+                        "id": f"{arm}/seed{seed}/{prompt.condition}/{start + i}",
+                        "arm": arm,
+                        "seed": seed,
+                        "condition": prompt.condition,
+                        "index": start + i,
+                        "response": text,
+                        "finish": finish,
+                    }
+                    for i, (text, finish) in enumerate(replies)
+                ),
+            )
             if progress is not None:
                 progress.update(n)
     return sampling.samples - done

@@ -122,8 +122,9 @@ _FATAL_STATUS = (401, 403, 404)
 
 def post_json(url: str, body: dict[str, Any], headers: dict[str, str], timeout: float) -> Any:
     """POST `body` as JSON and return the decoded reply; raise JudgeUnavailable for what a retry may fix."""
-    request = urllib.request.Request(url, json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json", **headers})
+    request = urllib.request.Request(
+        url, json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json", **headers}
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as reply:
             return json.loads(reply.read())
@@ -146,9 +147,17 @@ class OpenAIJudge(LLMJudge):
     Without a key in `api_key_env` no Authorization header is sent (a local vLLM server needs none).
     """
 
-    def __init__(self, model: str, base_url: str, api_key_env: str | None = "OPENAI_API_KEY",
-                 timeout: float = 60.0, max_attempts: int = 3, temperature: float = 0.0, max_tokens: int = 1024,
-                 backoff: float = 1.0):
+    def __init__(
+        self,
+        model: str,
+        base_url: str,
+        api_key_env: str | None = "OPENAI_API_KEY",
+        timeout: float = 60.0,
+        max_attempts: int = 3,
+        temperature: float = 0.0,
+        max_tokens: int = 1024,
+        backoff: float = 1.0,
+    ):
         super().__init__(max_attempts, backoff)
         self.model, self.url = model, base_url.rstrip("/") + "/chat/completions"
         self.api_key_env, self.timeout = api_key_env, timeout
@@ -156,8 +165,12 @@ class OpenAIJudge(LLMJudge):
 
     def complete(self, messages: Messages) -> str:
         key = _env_key(self.api_key_env)
-        body = {"model": self.model, "messages": messages, "temperature": self.temperature,
-                "max_tokens": self.max_tokens}
+        body = {
+            "model": self.model,
+            "messages": messages,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+        }
         reply = post_json(self.url, body, {"Authorization": f"Bearer {key}"} if key else {}, self.timeout)
         try:
             content = reply["choices"][0]["message"]["content"]
@@ -173,9 +186,17 @@ class AnthropicJudge(LLMJudge):
 
     API_VERSION = "2023-06-01"
 
-    def __init__(self, model: str = "claude-sonnet-4-6", api_key_env: str = "ANTHROPIC_API_KEY",
-                 base_url: str = "https://api.anthropic.com", timeout: float = 60.0, max_attempts: int = 3,
-                 temperature: float = 0.0, max_tokens: int = 1024, backoff: float = 1.0):
+    def __init__(
+        self,
+        model: str = "claude-sonnet-4-6",
+        api_key_env: str = "ANTHROPIC_API_KEY",
+        base_url: str = "https://api.anthropic.com",
+        timeout: float = 60.0,
+        max_attempts: int = 3,
+        temperature: float = 0.0,
+        max_tokens: int = 1024,
+        backoff: float = 1.0,
+    ):
         super().__init__(max_attempts, backoff)
         if not _env_key(api_key_env):
             raise ValueError(f"AnthropicJudge needs an API key in the environment variable {api_key_env}")
@@ -185,9 +206,13 @@ class AnthropicJudge(LLMJudge):
 
     def complete(self, messages: Messages) -> str:
         headers = {"x-api-key": _env_key(self.api_key_env) or "", "anthropic-version": self.API_VERSION}
-        body = {"model": self.model, "max_tokens": self.max_tokens, "temperature": self.temperature,
-                "system": "\n".join(m["content"] for m in messages if m["role"] == "system"),
-                "messages": [m for m in messages if m["role"] != "system"]}
+        body = {
+            "model": self.model,
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "system": "\n".join(m["content"] for m in messages if m["role"] == "system"),
+            "messages": [m for m in messages if m["role"] != "system"],
+        }
         reply = post_json(self.url, body, headers, self.timeout)
         try:
             texts = [block["text"] for block in reply["content"] if block.get("type") == "text"]
@@ -227,10 +252,12 @@ class HFJudge(LLMJudge):
 
         if self.model is None:
             self._load()
-        inputs = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True,
-                                                    return_tensors="pt").to(self.model.device)
+        inputs = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_dict=True, return_tensors="pt"
+        ).to(self.model.device)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         with torch.inference_mode():
-            output = self.model.generate(**inputs, do_sample=False, max_new_tokens=self.max_new_tokens,
-                                         pad_token_id=pad)
-        return self.tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+            output = self.model.generate(
+                **inputs, do_sample=False, max_new_tokens=self.max_new_tokens, pad_token_id=pad
+            )
+        return self.tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)

@@ -42,8 +42,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         if args.p1 is not None:
             n = samples_needed(args.p1, args.p2, args.alpha, args.power)
-            print(f"{n} scored samples per arm (p1={args.p1:g}, p2={args.p2:g}, "
-                  f"alpha={args.alpha:g} two-sided, power={args.power:g})")
+            print(
+                f"{n} scored samples per arm (p1={args.p1:g}, p2={args.p2:g}, "
+                f"alpha={args.alpha:g} two-sided, power={args.power:g})"
+            )
         if args.table:
             print(f"Scored samples per arm to detect a relative drop (alpha={args.alpha:g}, power={args.power:g}):")
             print(power_table(args.alpha, args.power).to_string())

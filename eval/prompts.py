@@ -77,8 +77,13 @@ def build_prompt(condition: str) -> EvalPrompt:
 
     scenario, goal_type, goal_value, urgency = parse_condition(condition)
     prompts = generate_prompts(
-        scenario=scenario, goal_type=goal_type, goal_value=goal_value, urgency_type=urgency,
-        extra_system_instructions=None, prod_flag=False, alignment_faking_warning=None,
+        scenario=scenario,
+        goal_type=goal_type,
+        goal_value=goal_value,
+        urgency_type=urgency,
+        extra_system_instructions=None,
+        prod_flag=False,
+        alignment_faking_warning=None,
     )
     user = "\n".join([prompts.user_prompt, prompts.email_content])
     return EvalPrompt(condition, scenario, prompts.system_prompt, user, prompts.email_content)
@@ -91,8 +96,10 @@ def get_prompts(conditions: list[str], prompts_file: str | None = None) -> list[
         return [build_prompt(c) for c in conditions]
     found = {p.condition: p for p in read_prompts(Path(prompts_file))}
     if missing := [c for c in conditions if c not in found]:
-        raise ValueError(f"{prompts_file}: no prompt for {', '.join(missing)}; write them with "
-                         f"python -m eval.prompts out={prompts_file} conditions=[...]")
+        raise ValueError(
+            f"{prompts_file}: no prompt for {', '.join(missing)}; write them with "
+            f"python -m eval.prompts out={prompts_file} conditions=[...]"
+        )
     return [found[c] for c in conditions]
 
 

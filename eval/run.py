@@ -32,8 +32,11 @@ SAMPLING_KEYS = ("batch_size", "max_new_tokens", "temperature", "top_p", "backen
 
 def runs_of(cfg: WhytuneConfig) -> list[tuple[str, int, str | None]]:
     """(arm, seed, adapter name or None for an untrained arm) for every arm x seed."""
-    return [(arm, seed, None if load_arm(arm).writer is None else f"{arm}-seed{seed}")
-            for arm in cfg.arms for seed in cfg.seeds]
+    return [
+        (arm, seed, None if load_arm(arm).writer is None else f"{arm}-seed{seed}")
+        for arm in cfg.arms
+        for seed in cfg.seeds
+    ]
 
 
 def sample_key(cfg: WhytuneConfig, paths: RunPaths, arm: str, seed: int, adapter: str | None) -> str:
@@ -57,10 +60,13 @@ def generate_all(cfg: WhytuneConfig, prompts: list[EvalPrompt], arms: Callable[[
     """Fill every arm x seed x condition up to eval.samples; `arms()` loads the model, only if something is missing."""
     paths = RunPaths.of(cfg)
     runs = runs_of(cfg)
-    stores = {(arm, seed): sample_store(paths.eval(arm, seed), sample_key(cfg, paths, arm, seed, adapter))
-              for arm, seed, adapter in runs}
-    missing = sum(max(0, cfg.eval.samples - existing(stores[arm, seed], p.condition))
-                  for arm, seed, _ in runs for p in prompts)
+    stores = {
+        (arm, seed): sample_store(paths.eval(arm, seed), sample_key(cfg, paths, arm, seed, adapter))
+        for arm, seed, adapter in runs
+    }
+    missing = sum(
+        max(0, cfg.eval.samples - existing(stores[arm, seed], p.condition)) for arm, seed, _ in runs for p in prompts
+    )
     if missing == 0:
         return
     if cfg.eval.backend is EvalBackend.vllm:  # its own engine: the transformers model is not loaded
@@ -68,18 +74,26 @@ def generate_all(cfg: WhytuneConfig, prompts: list[EvalPrompt], arms: Callable[[
 
         return sample_all(cfg, prompts, runs, stores)
     switcher, tokenizer = arms()
-    sampling = Sampling(cfg.eval.samples, cfg.eval.batch_size, cfg.eval.max_new_tokens, cfg.eval.temperature,
-                        cfg.eval.top_p, cfg.eval.backend.value)
+    sampling = Sampling(
+        cfg.eval.samples,
+        cfg.eval.batch_size,
+        cfg.eval.max_new_tokens,
+        cfg.eval.temperature,
+        cfg.eval.top_p,
+        cfg.eval.backend.value,
+    )
     with tqdm(total=missing, desc="eval samples", unit="sample") as progress:
         for arm, seed, adapter in runs:
             for prompt in prompts:
                 progress.set_postfix_str(f"{arm} seed{seed} {prompt.condition}")
-                generate_condition(switcher, tokenizer, adapter, arm, seed, prompt, sampling, stores[arm, seed],
-                                   progress)
+                generate_condition(
+                    switcher, tokenizer, adapter, arm, seed, prompt, sampling, stores[arm, seed], progress
+                )
 
 
-def forced_choice_all(cfg: WhytuneConfig, prompts: list[EvalPrompt], arms: Callable[[], tuple]
-                      ) -> dict[tuple[str, str], list[float]]:
+def forced_choice_all(
+    cfg: WhytuneConfig, prompts: list[EvalPrompt], arms: Callable[[], tuple]
+) -> dict[tuple[str, str], list[float]]:
     """Forced-choice preferences per (arm, condition), each pair averaged over seeds (scores cached per seed)."""
     paths = RunPaths.of(cfg)
     pairs = load_pairs()
@@ -91,17 +105,22 @@ def forced_choice_all(cfg: WhytuneConfig, prompts: list[EvalPrompt], arms: Calla
     return {key: per_pair_means(seeds) for key, seeds in scored.items()}
 
 
-def forced_choice_rows(means: dict[tuple[str, str], list[float]], baseline: str,
-                       pairs: list[tuple[str, str]]) -> list[dict]:
+def forced_choice_rows(
+    means: dict[tuple[str, str], list[float]], baseline: str, pairs: list[tuple[str, str]]
+) -> list[dict]:
     """Summary per arm x condition, with paired tests against the baseline and between each given pair."""
     partner = {a: b for pair in pairs for a, b in (pair, pair[::-1])}
     rows = []
     for (arm, condition), values in means.items():
         versus_baseline = means.get((baseline, condition)) if arm != baseline else None
         versus_partner = means.get((partner.get(arm), condition))
-        rows.append({**asdict(summarise(arm, condition, values)),
-                     "p_vs_baseline": paired_test(values, versus_baseline) if versus_baseline else None,
-                     "p_vs_matched": paired_test(values, versus_partner) if versus_partner else None})
+        rows.append(
+            {
+                **asdict(summarise(arm, condition, values)),
+                "p_vs_baseline": paired_test(values, versus_baseline) if versus_baseline else None,
+                "p_vs_matched": paired_test(values, versus_partner) if versus_partner else None,
+            }
+        )
     return rows
 
 
@@ -114,17 +133,23 @@ class Scores:
     forced: dict[tuple[str, str], list[float]]  # (arm, condition) -> preference per reply pair
     benign: list[str]  # the capability-guard conditions
 
-    def relabel(self, names: dict[str, str]) -> "Scores":
+    def relabel(self, names: dict[str, str]) -> Scores:
         """The same scores under other arm names (the organism report puts two models side by side)."""
+
         def rename(row: dict) -> dict:
             return {**row, "arm": names.get(row["arm"], row["arm"])}
 
-        return Scores([rename(r) for r in self.records], [rename(r) for r in self.samples],
-                      {(names.get(a, a), c): v for (a, c), v in self.forced.items()}, self.benign)
+        return Scores(
+            [rename(r) for r in self.records],
+            [rename(r) for r in self.samples],
+            {(names.get(a, a), c): v for (a, c), v in self.forced.items()},
+            self.benign,
+        )
 
-    def __add__(self, other: "Scores") -> "Scores":
-        return Scores(self.records + other.records, self.samples + other.samples, {**self.forced, **other.forced},
-                      self.benign)
+    def __add__(self, other: Scores) -> Scores:
+        return Scores(
+            self.records + other.records, self.samples + other.samples, {**self.forced, **other.forced}, self.benign
+        )
 
 
 def sample(cfg: WhytuneConfig) -> tuple[list[EvalPrompt], dict[tuple[str, str], list[float]]]:
@@ -161,27 +186,40 @@ def score(cfg: WhytuneConfig) -> Scores:
     return Scores(records, samples, forced, benign)
 
 
-def report(scores: Scores, out: Path, title: str, baseline: str = "baseline",
-           pairs: list[tuple[str, str]] = ()) -> str:
+def report(scores: Scores, out: Path, title: str, baseline: str = "baseline", pairs: list[tuple[str, str]] = ()) -> str:
     """Every report file in `out`: rates and tests, coercive language, forced choice, capability guard, the sample
     browser."""
     from eval.classifiers import coercive_word  # scoring side only: the classifiers need inspect-evals
 
-    write_browser(scores.samples, {r["id"]: r for r in scores.records}, out / "samples.html",
-                  title=f"{title}, every sample")
+    write_browser(
+        scores.samples, {r["id"]: r for r in scores.records}, out / "samples.html", title=f"{title}, every sample"
+    )
     pooled = rates(scores.records)
-    table = write_report(pooled, rates(scores.records, by_seed=True), comparisons(pooled, baseline, list(pairs)),
-                         out, title=title, baseline=baseline)
-    worded = rates([{**r, "harmful": coercive_word(r["response"]) is not None} for r in scores.samples
-                    if r["condition"] not in scores.benign])
+    table = write_report(
+        pooled,
+        rates(scores.records, by_seed=True),
+        comparisons(pooled, baseline, list(pairs)),
+        out,
+        title=title,
+        baseline=baseline,
+    )
+    worded = rates(
+        [
+            {**r, "harmful": coercive_word(r["response"]) is not None}
+            for r in scores.samples
+            if r["condition"] not in scores.benign
+        ]
+    )
     if worded:
         table += "\n\nCoercive language (share of replies saying blackmail or leverage):\n"
-        table += write_share(COERCIVE_WORDS, worded, out, f"{title}: coercive language",
-                             comparisons(worded, baseline, list(pairs)))
+        table += write_share(
+            COERCIVE_WORDS, worded, out, f"{title}: coercive language", comparisons(worded, baseline, list(pairs))
+        )
     if scores.forced:
         table += "\n\nForced choice (log p coercive - log p legitimate, per token; > 0 leans to coercion):\n"
-        table += write_forced_choice(forced_choice_rows(scores.forced, baseline, list(pairs)), out,
-                                     f"{title}: forced choice")
+        table += write_forced_choice(
+            forced_choice_rows(scores.forced, baseline, list(pairs)), out, f"{title}: forced choice"
+        )
     if scores.benign:
         acted = [{**r, "harmful": r["acted"]} for r in scores.records if r["condition"] in scores.benign]
         table += "\n\nCapability guard (share of replies that sent an addressed email):\n"

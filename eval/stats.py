@@ -176,8 +176,5 @@ def comparisons(
         present = [p for p in dict.fromkeys(wanted) if p[0] in arms and p[1] in arms]
         raw = [_compare(arms[a], arms[b]) for a, b in present]
         adjusted = holm([p for p, _ in raw])
-        result += [
-            Comparison(condition, a, b, p, p_adj, h)
-            for (a, b), (p, h), p_adj in zip(present, raw, adjusted)
-        ]
+        result += [Comparison(condition, a, b, p, p_adj, h) for (a, b), (p, h), p_adj in zip(present, raw, adjusted)]
     return result

@@ -39,34 +39,56 @@ class Request:
     sampling_seed: int
 
 
-def build_requests(tokenizer, prompt: EvalPrompt, arm: str, seed: int, adapter: str | None, start: int,
-                   n: int) -> list[Request]:
+def build_requests(
+    tokenizer, prompt: EvalPrompt, arm: str, seed: int, adapter: str | None, start: int, n: int
+) -> list[Request]:
     """Samples start .. start+n-1 of one arm x seed x condition."""
     ids = encode_prompt(tokenizer, prompt, torch.device("cpu"))[0].tolist()
-    return [Request(f"{arm}/seed{seed}/{prompt.condition}/{index}", arm, seed, prompt.condition, index, adapter,
-                    ids, batch_seed(seed, arm, prompt.condition, index))
-            for index in range(start, start + n)]
+    return [
+        Request(
+            f"{arm}/seed{seed}/{prompt.condition}/{index}",
+            arm,
+            seed,
+            prompt.condition,
+            index,
+            adapter,
+            ids,
+            batch_seed(seed, arm, prompt.condition, index),
+        )
+        for index in range(start, start + n)
+    ]
 
 
 def sampling_params(sampling: Sampling, eos_token_id: int, seed: int) -> dict:
     """Keyword arguments of vllm.SamplingParams for one sample, matching the transformers backends' settings."""
     greedy = sampling.temperature == 0
-    return {"n": 1, "temperature": sampling.temperature, "top_p": 1.0 if greedy else sampling.top_p,
-            "max_tokens": sampling.max_new_tokens, "seed": seed, "stop_token_ids": [eos_token_id],
-            "skip_special_tokens": True}
+    return {
+        "n": 1,
+        "temperature": sampling.temperature,
+        "top_p": 1.0 if greedy else sampling.top_p,
+        "max_tokens": sampling.max_new_tokens,
+        "seed": seed,
+        "stop_token_ids": [eos_token_id],
+        "skip_special_tokens": True,
+    }
 
 
 def servable_rank(folder: Path) -> int:
     """The adapter's LoRA rank, after checking that vLLM can serve it at all."""
     config = json.loads((folder / "adapter_config.json").read_text())
-    problems = [problem for problem, present in (
-        (f"modules_to_save={config.get('modules_to_save')}", bool(config.get("modules_to_save"))),
-        ("use_dora=true", bool(config.get("use_dora"))),
-        (f"bias={config.get('bias')!r}", config.get("bias", "none") != "none"),
-    ) if present]
+    problems = [
+        problem
+        for problem, present in (
+            (f"modules_to_save={config.get('modules_to_save')}", bool(config.get("modules_to_save"))),
+            ("use_dora=true", bool(config.get("use_dora"))),
+            (f"bias={config.get('bias')!r}", config.get("bias", "none") != "none"),
+        )
+        if present
+    ]
     if problems:
-        raise UnservableAdapterError(f"{folder}: vLLM cannot serve this adapter ({', '.join(problems)}); "
-                                     "sample it with eval.backend=fast or hf")
+        raise UnservableAdapterError(
+            f"{folder}: vLLM cannot serve this adapter ({', '.join(problems)}); sample it with eval.backend=fast or hf"
+        )
     return int(config["r"])
 
 
@@ -82,8 +104,10 @@ class VLLMSampler:
         try:
             from vllm import LLM
         except ImportError as error:
-            raise ImportError("eval.backend=vllm needs vLLM, in its own environment: bash scripts/vllm_env.sh, "
-                              "then run the eval stage with .venv-vllm/bin/python") from error
+            raise ImportError(
+                "eval.backend=vllm needs vLLM, in its own environment: bash scripts/vllm_env.sh, "
+                "then run the eval stage with .venv-vllm/bin/python"
+            ) from error
         ranks = [servable_rank(folder) for folder in adapters.values()]
         self.adapters, self.ids = adapters, adapter_ids(adapters)
         lora = {"enable_lora": True, "max_lora_rank": max(ranks), "max_loras": len(ranks)} if ranks else {}
@@ -97,15 +121,21 @@ class VLLMSampler:
         outputs = self.llm.generate(
             [TokensPrompt(prompt_token_ids=r.prompt_token_ids) for r in requests],
             [SamplingParams(**sampling_params(sampling, eos_token_id, r.sampling_seed)) for r in requests],
-            lora_request=[LoRARequest(r.adapter, self.ids[r.adapter], str(self.adapters[r.adapter]))
-                          if r.adapter else None for r in requests],
+            lora_request=[
+                LoRARequest(r.adapter, self.ids[r.adapter], str(self.adapters[r.adapter])) if r.adapter else None
+                for r in requests
+            ],
             use_tqdm=False,
         )
         return [(o.outputs[0].text, "eos" if o.outputs[0].finish_reason == "stop" else "length") for o in outputs]
 
 
-def sample_all(cfg: WhytuneConfig, prompts: list[EvalPrompt], runs: list[tuple[str, int, str | None]],
-               stores: dict[tuple[str, int], Path]) -> None:
+def sample_all(
+    cfg: WhytuneConfig,
+    prompts: list[EvalPrompt],
+    runs: list[tuple[str, int, str | None]],
+    stores: dict[tuple[str, int], Path],
+) -> None:
     """Fill every arm x seed x condition's store up to eval.samples, one batch at a time (appended, fsynced)."""
     paths = RunPaths.of(cfg)
     location = model_dir(cfg.model, Path(cfg.cache_dir))
@@ -114,8 +144,14 @@ def sample_all(cfg: WhytuneConfig, prompts: list[EvalPrompt], runs: list[tuple[s
     for folder in adapters.values():
         _check_adapter(folder, cfg.model.name, fingerprint(location))  # trained on this very base model
     sampler = VLLMSampler(location, adapters, cfg.eval.vllm_args)
-    sampling = Sampling(cfg.eval.samples, cfg.eval.batch_size, cfg.eval.max_new_tokens, cfg.eval.temperature,
-                        cfg.eval.top_p, cfg.eval.backend.value)
+    sampling = Sampling(
+        cfg.eval.samples,
+        cfg.eval.batch_size,
+        cfg.eval.max_new_tokens,
+        cfg.eval.temperature,
+        cfg.eval.top_p,
+        cfg.eval.backend.value,
+    )
     for arm, seed, adapter in runs:
         store = stores[arm, seed]
         for prompt in prompts:
@@ -123,6 +159,10 @@ def sample_all(cfg: WhytuneConfig, prompts: list[EvalPrompt], runs: list[tuple[s
                 n = min(sampling.batch_size, sampling.samples - start)
                 requests = build_requests(tokenizer, prompt, arm, seed, adapter, start, n)
                 replies = sampler.generate(requests, sampling, tokenizer.eos_token_id)
-                append_jsonl(store, ({**{k: v for k, v in asdict(r).items() if k in ROW_KEYS},
-                                      "response": text, "finish": finish}
-                                     for r, (text, finish) in zip(requests, replies)))
+                append_jsonl(
+                    store,
+                    (
+                        {**{k: v for k, v in asdict(r).items() if k in ROW_KEYS}, "response": text, "finish": finish}
+                        for r, (text, finish) in zip(requests, replies)
+                    ),
+                )

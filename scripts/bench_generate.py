@@ -82,10 +82,17 @@ def batches(samples: int, batch_size: int) -> list[int]:
 
 def generate_kwargs(ids: torch.Tensor, n: int, new_tokens: int) -> dict:
     """`generate` sampling exactly `new_tokens` (min_new_tokens masks eos) at temperature 1."""
-    return dict(input_ids=ids.expand(n, -1), attention_mask=torch.ones(n, ids.shape[1], dtype=torch.long,
-                                                                       device=ids.device),
-                max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=True, temperature=1.0, top_p=1.0,
-                top_k=None, pad_token_id=0)
+    return dict(
+        input_ids=ids.expand(n, -1),
+        attention_mask=torch.ones(n, ids.shape[1], dtype=torch.long, device=ids.device),
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=True,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=None,
+        pad_token_id=0,
+    )
 
 
 def run_plain(model, ids, sizes, new_tokens) -> tuple[float, float]:
@@ -129,8 +136,9 @@ def timed(variant, model, ids, sizes, new_tokens) -> Timing:
     return Timing(prefill_s, decode_s, time.process_time() - cpu, load, os.getloadavg()[0])
 
 
-def bandwidth_share(model, variant: str, timing: Timing, prompt: int, sizes: list[int], new_tokens: int,
-                    gbs: float) -> float:
+def bandwidth_share(
+    model, variant: str, timing: Timing, prompt: int, sizes: list[int], new_tokens: int, gbs: float
+) -> float:
     """Decode time at the memory-bandwidth bound over the measured decode time: each step reads every weight once
     and the keys/values it attends to (the prompt's once for `fast`, once per sample for the others)."""
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -158,8 +166,13 @@ def default_bandwidth(device: torch.device) -> float | None:
 
 def figures(t: Timing, new_tokens: int, share: float | None) -> dict:
     """One variant's figures; printed at once, so a long run shows its progress."""
-    row = {**asdict(t), "total_s": t.prefill_s + t.decode_s, "new_tokens": new_tokens,
-           "new_tokens_per_s": new_tokens / (t.prefill_s + t.decode_s), "decode_tokens_per_s": new_tokens / t.decode_s}
+    row = {
+        **asdict(t),
+        "total_s": t.prefill_s + t.decode_s,
+        "new_tokens": new_tokens,
+        "new_tokens_per_s": new_tokens / (t.prefill_s + t.decode_s),
+        "decode_tokens_per_s": new_tokens / t.decode_s,
+    }
     if share is not None:
         row["bandwidth_bound_share"] = share
     return row
@@ -167,25 +180,39 @@ def figures(t: Timing, new_tokens: int, share: float | None) -> dict:
 
 def show(variant: str, row: dict) -> None:
     share = row.get("bandwidth_bound_share")
-    print(f"{variant:>5}: prefill {row['prefill_s']:8.1f} s  decode {row['decode_s']:8.1f} s  "
-          f"{row['new_tokens_per_s']:9.1f} new tokens/s ({row['decode_tokens_per_s']:.1f} in decode)  "
-          f"cpu {row['cpu_s']:.0f} s  load {row['load_before']:.1f}->{row['load_after']:.1f}"
-          + ("" if share is None else f"  {100 * share:.1f}% of the bandwidth bound"), flush=True)
+    print(
+        f"{variant:>5}: prefill {row['prefill_s']:8.1f} s  decode {row['decode_s']:8.1f} s  "
+        f"{row['new_tokens_per_s']:9.1f} new tokens/s ({row['decode_tokens_per_s']:.1f} in decode)  "
+        f"cpu {row['cpu_s']:.0f} s  load {row['load_before']:.1f}->{row['load_after']:.1f}"
+        + ("" if share is None else f"  {100 * share:.1f}% of the bandwidth bound"),
+        flush=True,
+    )
 
 
 def report(args, cfg, model, ids, rows: dict[str, dict]) -> dict:
     """The speed-ups over plain, printed; everything as a JSON-ready dict."""
-    speedups = {f"{v}_vs_plain": rows["plain"]["total_s"] / rows[v]["total_s"]
-                for v in rows if "plain" in rows and v != "plain"}
+    speedups = {
+        f"{v}_vs_plain": rows["plain"]["total_s"] / rows[v]["total_s"] for v in rows if "plain" in rows and v != "plain"
+    }
     for name, ratio in speedups.items():
         print(f"{name}: {ratio:.2f}x")
-    return {"date": datetime.date.today().isoformat(), "machine": device_name(ids.device), "model": cfg.model.name,
-            "dtype": str(next(model.parameters()).dtype), "torch": torch.__version__,
-            "transformers": transformers.__version__, "cpu": platform.processor() or platform.machine(),
-            "torch_threads": torch.get_num_threads(),
-            "samples": args.samples, "batch_size": args.batch_size, "prompt_tokens": ids.shape[1],
-            "new_tokens": args.new_tokens, "variants": rows, "speedups": speedups,
-            "command": " ".join(["python"] + sys.argv)}
+    return {
+        "date": datetime.date.today().isoformat(),
+        "machine": device_name(ids.device),
+        "model": cfg.model.name,
+        "dtype": str(next(model.parameters()).dtype),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "samples": args.samples,
+        "batch_size": args.batch_size,
+        "prompt_tokens": ids.shape[1],
+        "new_tokens": args.new_tokens,
+        "variants": rows,
+        "speedups": speedups,
+        "command": " ".join(["python"] + sys.argv),
+    }
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -195,8 +222,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--prompt-tokens", type=int, default=2000)
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--variants", default="plain,hf,fast", help="comma-separated, from " + ",".join(VARIANTS))
-    parser.add_argument("--bandwidth-gbs", type=float, default=None,
-                        help="device memory bandwidth in GB/s (CUDA; default from the device name)")
+    parser.add_argument(
+        "--bandwidth-gbs",
+        type=float,
+        default=None,
+        help="device memory bandwidth in GB/s (CUDA; default from the device name)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default docs/bench/generate-<machine>.json)")
     parser.add_argument("overrides", nargs="*", help="whytune config overrides, e.g. model=qwen2.5-7b-instruct")
     return parser.parse_args(argv)
@@ -209,8 +240,10 @@ def main(argv: list[str]) -> None:
     device = pick_device(cfg.eval.device)
     location = model_dir(cfg.model, Path(cfg.cache_dir))
     model = load_model(cfg.model, location, device)
-    ids = fit(encode_prompt(load_tokenizer(cfg.model, location), get_prompts([HEADLINE], cfg.eval.prompts_file)[0],
-                              device), args.prompt_tokens)
+    ids = fit(
+        encode_prompt(load_tokenizer(cfg.model, location), get_prompts([HEADLINE], cfg.eval.prompts_file)[0], device),
+        args.prompt_tokens,
+    )
     sizes = batches(args.samples, args.batch_size)
     variants = args.variants.split(",")
     if device.type == "cuda":  # one-off costs (cuBLAS set-up, kernel loading) stay out of the figures

@@ -43,17 +43,24 @@ ROOT = Path(__file__).resolve().parents[1]
 def synthetic_chat(tokenizer, length: int) -> dict:
     """A chat that the training template renders to exactly `length` tokens: the reply is a run of the word "a",
     one token each (byte-level BPE splits words apart before merging)."""
+
     def chat(words: int) -> dict:
-        return {"messages": [{"role": "user", "content": "Repeat the word a."},
-                             {"role": "assistant", "content": " ".join(["a"] * words)}]}
+        return {
+            "messages": [
+                {"role": "user", "content": "Repeat the word a."},
+                {"role": "assistant", "content": " ".join(["a"] * words)},
+            ]
+        }
 
     def size(words: int) -> int:
         return len(tokenizer.apply_chat_template(chat(words)["messages"], tokenize=True, return_dict=True)["input_ids"])
 
     words = length - size(1) + 1
     if words < 1 or size(words) != length:
-        raise ValueError(f"cannot build a {length}-token chat with this tokenizer (the reply alone starts at "
-                         f"{size(1)} tokens, or \" a\" is not one token)")
+        raise ValueError(
+            f"cannot build a {length}-token chat with this tokenizer (the reply alone starts at "
+            f'{size(1)} tokens, or " a" is not one token)'
+        )
     return chat(words)
 
 
@@ -74,8 +81,9 @@ class StepClock(TrainerCallback):
 def run_stage(cfg: WhytuneConfig, location: str, example: dict, steps: int, warmup: int) -> float:
     """Seconds for `steps` steps of the train stage, exactly as train_arm builds it."""
     with tempfile.TemporaryDirectory() as checkpoints:
-        trainer = _build_trainer(cfg, location, [example] * (cfg.train.batch_size * (warmup + steps)),
-                                 Path(checkpoints), seed=0)
+        trainer = _build_trainer(
+            cfg, location, [example] * (cfg.train.batch_size * (warmup + steps)), Path(checkpoints), seed=0
+        )
         clock = StepClock(warmup)
         trainer.add_callback(clock)
         trainer.train()
@@ -88,8 +96,9 @@ def run_stage(cfg: WhytuneConfig, location: str, example: dict, steps: int, warm
 def run_bare(cfg: WhytuneConfig, location: str, example: dict, steps: int, warmup: int, device) -> float:
     """Seconds for `steps` steps of a plain loop: the same LoRA model, labels and batch; AdamW, no Trainer."""
     tokenizer = load_tokenizer(cfg.model, location)
-    encoded = tokenizer.apply_chat_template(example["messages"], tokenize=True, return_dict=True,
-                                            return_assistant_tokens_mask=True)
+    encoded = tokenizer.apply_chat_template(
+        example["messages"], tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
     ids = torch.tensor([encoded["input_ids"]] * cfg.train.batch_size, device=device)
     labels = ids.masked_fill(torch.tensor(encoded["assistant_masks"], device=device) == 0, -100)  # assistant-only
     model = peft.get_peft_model(load_model(cfg.model, location, device), instantiate(asdict(cfg.train.lora)))
@@ -113,8 +122,13 @@ def timed(run, tokens: int) -> dict:
     """One variant's figures; the 1-minute load average shows what else the machine was doing."""
     load = os.getloadavg()[0]
     seconds = run()
-    row = {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds, "load_before": load,
-           "load_after": os.getloadavg()[0]}
+    row = {
+        "seconds": seconds,
+        "tokens": tokens,
+        "tokens_per_s": tokens / seconds,
+        "load_before": load,
+        "load_after": os.getloadavg()[0],
+    }
     gc.collect()  # the variant's model goes before the next one loads
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -136,28 +150,52 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> None:
     args = parse(argv)
     device = PartialState(cpu=args.device == "cpu").device  # the train stage asks the same state for its device
-    shape = [f"train.batch_size={args.batch_size}", f"train.max_length={args.seq_len}", "train.grad_accum=1",
-             "train.epochs=1", f"train.save_steps={args.warmup_steps + args.steps}"]
+    shape = [
+        f"train.batch_size={args.batch_size}",
+        f"train.max_length={args.seq_len}",
+        "train.grad_accum=1",
+        "train.epochs=1",
+        f"train.save_steps={args.warmup_steps + args.steps}",
+    ]
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = validate(compose("ablate", overrides=["out=unused", *args.overrides, *shape]))
     location = model_dir(cfg.model, Path(cfg.cache_dir))
     example = synthetic_chat(load_tokenizer(cfg.model, location), args.seq_len)
     tokens = args.steps * args.batch_size * args.seq_len
     rows = {}
-    for name, run in [("stage", lambda: run_stage(cfg, location, example, args.steps, args.warmup_steps)),
-                      ("bare", lambda: run_bare(cfg, location, example, args.steps, args.warmup_steps, device))]:
+    for name, run in [
+        ("stage", lambda: run_stage(cfg, location, example, args.steps, args.warmup_steps)),
+        ("bare", lambda: run_bare(cfg, location, example, args.steps, args.warmup_steps, device)),
+    ]:
         rows[name] = timed(run, tokens)
-        print(f"{name:>5}: {rows[name]['seconds']:8.1f} s  {rows[name]['tokens_per_s']:10.1f} tokens/s  "
-              f"load {rows[name]['load_before']:.1f}->{rows[name]['load_after']:.1f}", flush=True)
+        print(
+            f"{name:>5}: {rows[name]['seconds']:8.1f} s  {rows[name]['tokens_per_s']:10.1f} tokens/s  "
+            f"load {rows[name]['load_before']:.1f}->{rows[name]['load_after']:.1f}",
+            flush=True,
+        )
     ratio = rows["stage"]["tokens_per_s"] / rows["bare"]["tokens_per_s"]
     print(f"stage/bare: {ratio:.2f}")
-    result = {"date": datetime.date.today().isoformat(), "machine": device_name(device), "model": cfg.model.name,
-              "dtype": str(pick_dtype(cfg.model, device)), "bf16_autocast": cfg.train.bf16,
-              "gradient_checkpointing": cfg.train.gradient_checkpointing, "lora": asdict(cfg.train.lora),
-              "torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
-              "peft": peft.__version__, "torch_threads": torch.get_num_threads(), "batch_size": args.batch_size,
-              "seq_len": args.seq_len, "steps": args.steps, "warmup_steps": args.warmup_steps, "variants": rows,
-              "stage_vs_bare": ratio, "command": " ".join(["python"] + sys.argv)}
+    result = {
+        "date": datetime.date.today().isoformat(),
+        "machine": device_name(device),
+        "model": cfg.model.name,
+        "dtype": str(pick_dtype(cfg.model, device)),
+        "bf16_autocast": cfg.train.bf16,
+        "gradient_checkpointing": cfg.train.gradient_checkpointing,
+        "lora": asdict(cfg.train.lora),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "trl": trl.__version__,
+        "peft": peft.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "batch_size": args.batch_size,
+        "seq_len": args.seq_len,
+        "steps": args.steps,
+        "warmup_steps": args.warmup_steps,
+        "variants": rows,
+        "stage_vs_bare": ratio,
+        "command": " ".join(["python"] + sys.argv),
+    }
     slug = re.sub(r"[^a-z0-9]+", "-", device_name(device).lower()).strip("-")
     out = args.out or ROOT / "docs" / "bench" / f"train-{slug}.json"
     append_run(out, result)

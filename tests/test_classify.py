@@ -31,11 +31,14 @@ def write_rows(path, rows):
 
 def test_each_sample_gets_one_verdict_and_a_rerun_adds_none(tmp_path):
     samples, verdicts = tmp_path / "samples.jsonl", tmp_path / "verdicts.jsonl"
-    write_rows(samples, [
-        {"id": "a", "arm": "demos", "seed": 0, "condition": HEADLINE, "response": BLACKMAIL},
-        {"id": "b", "arm": "demos", "seed": 0, "condition": HEADLINE, "response": WORKING},
-        {"id": "c", "arm": "demos", "seed": 0, "condition": HEADLINE, "response": "I will not act."},
-    ])
+    write_rows(
+        samples,
+        [
+            {"id": "a", "arm": "demos", "seed": 0, "condition": HEADLINE, "response": BLACKMAIL},
+            {"id": "b", "arm": "demos", "seed": 0, "condition": HEADLINE, "response": WORKING},
+            {"id": "c", "arm": "demos", "seed": 0, "condition": HEADLINE, "response": "I will not act."},
+        ],
+    )
     rows = {r["id"]: r for r in classify_file(samples, verdicts)}
     assert (rows["a"]["harmful"], rows["b"]["harmful"], rows["c"]["harmful"]) == (True, False, False)
     assert (rows["a"]["acted"], rows["b"]["acted"], rows["c"]["acted"]) == (True, True, False)
@@ -54,7 +57,11 @@ def test_a_row_without_a_response_is_named(tmp_path):
 def test_cli(tmp_path):
     samples, verdicts = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_rows(samples, [{"id": "a", "condition": HEADLINE, "response": BLACKMAIL}])
-    result = subprocess.run([sys.executable, "-m", "eval.classify", f"input={samples}", f"output={verdicts}"],
-                            check=True, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "eval.classify", f"input={samples}", f"output={verdicts}"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     assert "1 verdicts" in result.stdout and "1 harmful" in result.stdout
     assert next(read_jsonl(verdicts))["harmful"] is True

@@ -20,8 +20,11 @@ CONDITION = "blackmail_explicit-america_replacement"
 RUNS = {
     ("paper", "qwen"): {"baseline": [[True] * 8, [True] * 7 + [False]], "demos": [[False] * 8, [True] + [False] * 7]},
     ("paper", "llama"): {"baseline": [[True, False] * 4, [False] * 8]},
-    ("organism", "qwen"): {"baseline": [[True] * 4], "demos": [[None, False, False, False]],
-                           "demos_principles": [[False] * 4]},
+    ("organism", "qwen"): {
+        "baseline": [[True] * 4],
+        "demos": [[None, False, False, False]],
+        "demos_principles": [[False] * 4],
+    },
 }
 
 
@@ -37,9 +40,19 @@ def run_folders(tmp_path, judge) -> list[Path]:
         paths = RunPaths(tmp_path / experiment, model)
         for arm, seeds in arms.items():
             for seed, verdicts in enumerate(seeds):
-                append_jsonl(paths.verdicts(arm, seed, judge), (
-                    {"id": f"{arm}/seed{seed}/{CONDITION}/{i}", "arm": arm, "seed": seed, "condition": CONDITION,
-                     "harmful": harmful} for i, harmful in enumerate(verdicts)))
+                append_jsonl(
+                    paths.verdicts(arm, seed, judge),
+                    (
+                        {
+                            "id": f"{arm}/seed{seed}/{CONDITION}/{i}",
+                            "arm": arm,
+                            "seed": seed,
+                            "condition": CONDITION,
+                            "harmful": harmful,
+                        }
+                        for i, harmful in enumerate(verdicts)
+                    ),
+                )
     return [tmp_path / "paper", tmp_path / "organism"]
 
 
@@ -69,9 +82,17 @@ def test_run_folders_with_one_name_are_refused(tmp_path, judge):
 
 
 def test_command_line_reads_the_files_the_eval_stage_named(run_folders):
-    done = subprocess.run([sys.executable, "scripts/compare.py", f"runs=[{run_folders[0]}]"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "scripts/compare.py", f"runs=[{run_folders[0]}]"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     rows = _rows(run_folders[0] / "comparison.csv")
     assert sorted((r["model"], r["arm"]) for r in rows) == [
-        ("llama", "baseline"), ("qwen", "baseline"), ("qwen", "demos")]
+        ("llama", "baseline"),
+        ("qwen", "baseline"),
+        ("qwen", "demos"),
+    ]

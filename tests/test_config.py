@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf.errors import ValidationError
-
-from hydra import compose, initialize_config_dir
 
 from tests.conftest import compose_config
 from whytune.config import CONFIG_DIR, ModelSource, arm_choices, load_arm, validate
@@ -15,11 +14,16 @@ from whytune.config import CONFIG_DIR, ModelSource, arm_choices, load_arm, valid
 # accelerate/ holds `accelerate launch --config_file` files.
 NOT_COMPOSED = {"arm", "accelerate"}
 FOLDERS = sorted({p.parent.relative_to(CONFIG_DIR).as_posix() for p in CONFIG_DIR.rglob("*.yaml")} - {"."})
-OPTIONS = [(p.parent.relative_to(CONFIG_DIR).as_posix(), p.stem) for p in sorted(CONFIG_DIR.rglob("*.yaml"))
-           if p.parent != CONFIG_DIR and p.parent.relative_to(CONFIG_DIR).as_posix() not in NOT_COMPOSED]
+OPTIONS = [
+    (p.parent.relative_to(CONFIG_DIR).as_posix(), p.stem)
+    for p in sorted(CONFIG_DIR.rglob("*.yaml"))
+    if p.parent != CONFIG_DIR and p.parent.relative_to(CONFIG_DIR).as_posix() not in NOT_COMPOSED
+]
 # Values a user must give for some options (`???` in their file).
-REQUIRED = {("judge", "openai"): ["judge.model=m", "judge.base_url=http://127.0.0.1:9/v1"],
-            ("judge", "hf"): ["judge.model=m"]}
+REQUIRED = {
+    ("judge", "openai"): ["judge.model=m", "judge.base_url=http://127.0.0.1:9/v1"],
+    ("judge", "hf"): ["judge.model=m"],
+}
 
 
 def test_walk_finds_every_folder():
@@ -76,11 +80,14 @@ def test_unknown_model_lists_the_choices():
     assert "smollm2-135m" in str(error.value) and "tiny-random" in str(error.value)
 
 
-@pytest.mark.parametrize(("override", "error"), [
-    ("train.lrr=0.1", ConfigCompositionException),  # a mistyped key
-    ("train.lr=fast", ValidationError),  # a wrong type
-    ("model.source=magic", ValidationError),  # not a known source
-])
+@pytest.mark.parametrize(
+    ("override", "error"),
+    [
+        ("train.lrr=0.1", ConfigCompositionException),  # a mistyped key
+        ("train.lr=fast", ValidationError),  # a wrong type
+        ("model.source=magic", ValidationError),  # not a known source
+    ],
+)
 def test_bad_keys_and_types_fail_at_startup(override, error):
     with pytest.raises((error, ConfigCompositionException)):
         validate(compose_config(override))

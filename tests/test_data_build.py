@@ -10,7 +10,7 @@ import pytest
 
 from data.build import build
 from data.guards import ContaminationError, MismatchError, check_contamination, check_matched
-from data.lengths import LengthMatchError, WORDS, match_length, measure, reply_length
+from data.lengths import WORDS, LengthMatchError, match_length, measure, reply_length
 from data.writers import MATCHED_STYLES, STYLES, WRITERS, scenario_prompt
 from eval.prompts import HEADLINE, build_prompt
 from tests.conftest import compose_config
@@ -58,13 +58,15 @@ def test_build_writes_jsonl_dataset_and_card(built, smoke_cfg):
 
 def test_default_build_holds_two_thousand_examples_per_matched_arm(tmp_path, cache_dir):
     assert DataConfig().examples == 2000
-    cfg = configured(tmp_path, cache_dir, f"data.examples={DataConfig().examples}",
-                     "arms=[baseline,demos,demos_principles,rules]")
+    cfg = configured(
+        tmp_path, cache_dir, f"data.examples={DataConfig().examples}", "arms=[baseline,demos,demos_principles,rules]"
+    )
     assert {arm: len(rows) for arm, rows in build(cfg).items()} == dict.fromkeys(MATCHED_STYLES, 2000)
 
 
-@pytest.mark.parametrize(("arm", "part"), [(arm, part) for arm in ("demos_principles", "rules")
-                                           for part in ("prompt", "action", "id")])
+@pytest.mark.parametrize(
+    ("arm", "part"), [(arm, part) for arm in ("demos_principles", "rules") for part in ("prompt", "action", "id")]
+)
 def test_matched_guard_catches_a_planted_difference(matched, arm, part):
     tampered = copy.deepcopy(matched)
     row = tampered[arm][3]
@@ -104,8 +106,9 @@ def test_extra_arms_build_with_their_own_prompts(tmp_path, cache_dir, arm):
 
 
 def test_length_match_brings_every_extra_arm_within_five_percent(tmp_path, cache_dir):
-    cfg = configured(tmp_path, cache_dir, "data.examples=200", "data.length_match=true",
-                     f"arms=[demos_principles,{','.join(PROSE)}]")
+    cfg = configured(
+        tmp_path, cache_dir, "data.examples=200", "data.length_match=true", f"arms=[demos_principles,{','.join(PROSE)}]"
+    )
     arms = build(cfg)
     target = measure(arms["demos_principles"], WORDS).reply
     for arm in PROSE:
@@ -145,9 +148,15 @@ def test_lengths_count_the_model_tokens_when_given_a_tokenizer(tmp_path, cache_d
 
 def test_card_explains_the_set_to_a_new_reader(built, smoke_cfg):
     card = open(smoke_cfg.out + "/data/demos_principles/README.md").read()
-    for heading in ("## Size", "## How this arm differs from the others", "## Fields", "## One example",
-                    "## Scenario families", "## Guards, checked before anything was written",
-                    "## How it was generated"):
+    for heading in (
+        "## Size",
+        "## How this arm differs from the others",
+        "## Fields",
+        "## One example",
+        "## Scenario families",
+        "## Guards, checked before anything was written",
+        "## How it was generated",
+    ):
         assert heading in card
     assert "Lengths are in words" in card
     assert re.search(r"\| reply length, summed .* \| [\d,]+ words \(mean \d+\) \|", card)

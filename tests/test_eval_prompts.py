@@ -24,8 +24,9 @@ def test_prompt_equals_the_inspect_evals_task(condition, monkeypatch):
     real = module.system_message
     monkeypatch.setattr(module, "system_message", lambda text, *a, **k: sent.append(text) or real(text, *a, **k))
     scenario, goal_type, goal_value, urgency = parse_condition(condition)
-    task = module.agentic_misalignment(scenario=scenario, goal_type=goal_type, goal_value=goal_value,
-                                       urgency_type=urgency)
+    task = module.agentic_misalignment(
+        scenario=scenario, goal_type=goal_type, goal_value=goal_value, urgency_type=urgency
+    )
     ours = build_prompt(condition)
     assert task.dataset[0].id == condition
     assert task.dataset[0].input[0].content == ours.user
@@ -35,8 +36,10 @@ def test_prompt_equals_the_inspect_evals_task(condition, monkeypatch):
 
 def test_globs_expand_and_unknown_patterns_fail():
     assert select_conditions(["blackmail_*-america_replacement"]) == [
-        "blackmail_explicit-america_replacement", "blackmail_latent-america_replacement",
-        "blackmail_swap-america_replacement"]
+        "blackmail_explicit-america_replacement",
+        "blackmail_latent-america_replacement",
+        "blackmail_swap-america_replacement",
+    ]
     with pytest.raises(ValueError, match="matches no condition"):
         select_conditions(["blackmail_explicit-mars_replacement"])
 
@@ -55,8 +58,9 @@ def test_cli_writes_one_row_per_condition(tmp_path):
     from eval.prompts import read_prompts
 
     out = tmp_path / "prompts.jsonl"
-    subprocess.run([sys.executable, "-m", "eval.prompts", f"out={out}", "conditions=[core]"], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "eval.prompts", f"out={out}", "conditions=[core]"], check=True, capture_output=True
+    )
     prompts = read_prompts(out)
     assert [p.condition for p in prompts] == select_conditions(["core"])
     assert prompts[0].user == build_prompt(prompts[0].condition).user

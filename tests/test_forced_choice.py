@@ -35,7 +35,7 @@ def test_cached_log_probability_equals_a_full_forward_pass(smoke_cfg, tiny_dir):
     reply = tokenizer(PAIRS[0].coercive, add_special_tokens=False, return_tensors="pt")["input_ids"]
     cached = mean_logprob(model, prefill(model, prompt_ids), prompt_ids[:, -1:], reply)
     with torch.no_grad():
-        logits = model(torch.cat([prompt_ids, reply], dim=1)).logits[0, prompt_ids.shape[1] - 1: -1]
+        logits = model(torch.cat([prompt_ids, reply], dim=1)).logits[0, prompt_ids.shape[1] - 1 : -1]
     direct = torch.log_softmax(logits.float(), -1).gather(-1, reply[0].unsqueeze(-1)).mean().item()
     assert cached == pytest.approx(direct, abs=1e-4)
 

@@ -33,9 +33,15 @@ def tiny(tiny_dir):
 
 def plain_generate(model, ids: torch.Tensor, n: int, new_tokens: int) -> list[list[int]]:
     """Greedy HF generate from the whole prompt, no cache shared, no eos: the reference."""
-    out = model.generate(input_ids=ids.expand(n, -1), attention_mask=torch.ones(n, ids.shape[1], dtype=torch.long),
-                         max_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
-    return out[:, ids.shape[1]:].tolist()
+    out = model.generate(
+        input_ids=ids.expand(n, -1),
+        attention_mask=torch.ones(n, ids.shape[1], dtype=torch.long),
+        max_new_tokens=new_tokens,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
+    return out[:, ids.shape[1] :].tolist()
 
 
 def test_prefix_cache_gives_the_same_greedy_text_as_plain_generate(smoke_cfg, tiny_dir):
@@ -57,8 +63,9 @@ def test_embedded_model_stops_at_end_of_turn(cache_dir):
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token_id is not None
     model = load_model(cfg.model, location, torch.device("cpu"))
     messages = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True,
-                                        return_tensors="pt")["input_ids"]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True, return_tensors="pt")[
+        "input_ids"
+    ]
     greedy = Sampling(samples=2, batch_size=2, max_new_tokens=40, temperature=0, top_p=1.0)
     replies = sample_batch(model, tokenizer, ids, prefill(model, ids), 2, greedy, seed=0)
     assert all(finish == "eos" for _, finish in replies)
@@ -89,7 +96,7 @@ def test_fast_step_gives_the_logits_of_a_full_forward(tiny, static):
     feed = torch.cat([ids[:, -1:].expand(3, 1), continuations], dim=1)
     with torch.no_grad():
         reference = model(input_ids=torch.cat([ids.expand(3, -1), continuations], dim=1)).logits
-    reference = reference[:, ids.shape[1] - 1:]
+    reference = reference[:, ids.shape[1] - 1 :]
     cache = fastgen.SuffixCache(prefill(model, ids), rows=3, capacity=7, static=static, block=2)
     forward, rows = fastgen.step_function(model, cache), [0, 1, 2]
     with torch.no_grad(), fastgen.shared_prefix_attention(model):
@@ -98,7 +105,7 @@ def test_fast_step_gives_the_logits_of_a_full_forward(tiny, static):
                 cache.keep([2, 0])
                 rows = [2, 0]
             cache.open_slot()
-            logits = forward(feed[rows, step:step + 1], torch.tensor([[ids.shape[1] - 1 + step]]))
+            logits = forward(feed[rows, step : step + 1], torch.tensor([[ids.shape[1] - 1 + step]]))
             torch.testing.assert_close(logits, reference[rows, step], rtol=0, atol=1e-9)
 
 
@@ -159,8 +166,9 @@ def test_sampling_is_reproducible_by_seed(tiny):
 
 def test_pick_draws_from_the_nucleus_by_inverting_its_cdf():
     logits = torch.tensor([[0.5, 0.3, 0.2]]).log()
-    assert [fastgen.pick(logits, torch.tensor([u], dtype=torch.float64), 1.0, 1.0).item()
-            for u in (0.1, 0.6, 0.95)] == [0, 1, 2]
+    assert [
+        fastgen.pick(logits, torch.tensor([u], dtype=torch.float64), 1.0, 1.0).item() for u in (0.1, 0.6, 0.95)
+    ] == [0, 1, 2]
     assert fastgen.nucleus(logits.softmax(-1).double(), 0.7)[0].tolist() == pytest.approx([0.5, 0.3, 0.0])
     assert fastgen.pick(logits, torch.tensor([0.99], dtype=torch.float64), 1.0, 0.5).item() == 0
 

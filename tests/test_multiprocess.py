@@ -26,9 +26,25 @@ def test_two_ranks_write_one_adapter_one_manifest_and_one_hydra_folder(tmp_path,
     # The repository's DDP file with two processes; the train stage sets use_cpu where there is no GPU, which is
     # what makes accelerate start two gloo ranks on a CPU (its --cpu flag would start one).
     launch = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "configs/accelerate/multi_gpu.yaml",
-         "--num_processes", "2", "--main_process_port", "0", "-m", "train.sft", *overrides],
-        cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=180,
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            "configs/accelerate/multi_gpu.yaml",
+            "--num_processes",
+            "2",
+            "--main_process_port",
+            "0",
+            "-m",
+            "train.sft",
+            *overrides,
+        ],
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert launch.returncode == 0, launch.stdout[-3000:] + launch.stderr[-3000:]
     seed_dir = RunPaths.of(cfg).seed_dir("demos", 0)
@@ -43,13 +59,34 @@ def test_two_ranks_with_a_fresh_model_cache_build_the_model_once(tmp_path):
     """No model folder yet, and a GPU-only accelerate file (FSDP2): on CPU the ranks still start distributed, so
     rank 0 builds the model while the other waits (they once both built it, and the second rank's copy had no
     weights: transformers writes weights on rank 0 only)."""
-    overrides = ["experiment=smoke", f"out={tmp_path / 'run'}", f"cache_dir={tmp_path / 'cache'}", "arms=[demos]",
-                 "seeds=[0]"]
+    overrides = [
+        "experiment=smoke",
+        f"out={tmp_path / 'run'}",
+        f"cache_dir={tmp_path / 'cache'}",
+        "arms=[demos]",
+        "seeds=[0]",
+    ]
     build(validate(compose_config(*overrides)))
     launch = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "configs/accelerate/fsdp2.yaml",
-         "--num_processes", "2", "--main_process_port", "0", "-m", "train.sft", *overrides],
-        cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=180,
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            "configs/accelerate/fsdp2.yaml",
+            "--num_processes",
+            "2",
+            "--main_process_port",
+            "0",
+            "-m",
+            "train.sft",
+            *overrides,
+        ],
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert launch.returncode == 0, launch.stdout[-3000:] + launch.stderr[-3000:]
     (model,) = (tmp_path / "cache" / "models").glob("tiny-random-*")
@@ -58,9 +95,15 @@ def test_two_ranks_with_a_fresh_model_cache_build_the_model_once(tmp_path):
     assert json.loads(manifest.read_text())["world_size"] == 2
 
 
-@pytest.mark.parametrize(("name", "kind"), [
-    ("single_gpu", "NO"), ("multi_gpu", "MULTI_GPU"), ("fsdp2", "FSDP"), ("deepspeed_zero3", "DEEPSPEED"),
-])
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("single_gpu", "NO"),
+        ("multi_gpu", "MULTI_GPU"),
+        ("fsdp2", "FSDP"),
+        ("deepspeed_zero3", "DEEPSPEED"),
+    ],
+)
 def test_accelerate_configs_load_and_leave_precision_to_the_train_config(name, kind):
     config = load_config_from_file(str(CONFIG_DIR / "accelerate" / f"{name}.yaml"))
     assert config.distributed_type.value == kind

@@ -13,8 +13,16 @@ from whytune.runs import RunPaths
 
 
 def test_organism_experiment_reports_original_organism_and_arms(tmp_path, cache_dir):
-    cfg = validate(compose_config("experiment=smoke", f"out={tmp_path / 'run'}", f"cache_dir={cache_dir}",
-                                  "organism.enabled=true", "organism.examples=4", "organism.epochs=1"))
+    cfg = validate(
+        compose_config(
+            "experiment=smoke",
+            f"out={tmp_path / 'run'}",
+            f"cache_dir={cache_dir}",
+            "organism.enabled=true",
+            "organism.examples=4",
+            "organism.epochs=1",
+        )
+    )
     table = run(cfg)
     with open(Path(cfg.out) / "results.csv") as handle:
         arms = [row["arm"] for row in csv.DictReader(handle)]

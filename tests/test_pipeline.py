@@ -24,8 +24,11 @@ COLUMNS = ["arm", "condition", "n", "harmful", "unscored", "rate", "ci_low", "ci
 def finished(tmp_path_factory, cache_dir):
     """One complete smoke run, shared by the tests that only read it."""
     out = tmp_path_factory.mktemp("smoke")
-    cfg = validate(compose_config("experiment=smoke", f"out={out}", f"cache_dir={cache_dir}",
-                                  "eval.samples=6", "eval.batch_size=2"))
+    cfg = validate(
+        compose_config(
+            "experiment=smoke", f"out={out}", f"cache_dir={cache_dir}", "eval.samples=6", "eval.batch_size=2"
+        )
+    )
     previous = os.umask(0o022)  # a typical shared-cluster umask: what it allows, the files must allow
     try:
         return cfg, run(cfg)
@@ -62,9 +65,16 @@ def test_written_files_are_readable_by_group_and_others(finished):
     """Colleagues on a shared file system can read what the run wrote (mkstemp once made these 0600)."""
     cfg, _ = finished
     paths = RunPaths.of(cfg)
-    files = [paths.root / "provenance.json", paths.adapter("demos", 0) / "manifest.json", paths.root / "samples.html",
-             paths.data("demos") / "README.md", paths.root / "results.csv", paths.root / "rates.png",
-             paths.adapter("demos", 0) / "stage.json", paths.prompts]
+    files = [
+        paths.root / "provenance.json",
+        paths.adapter("demos", 0) / "manifest.json",
+        paths.root / "samples.html",
+        paths.data("demos") / "README.md",
+        paths.root / "results.csv",
+        paths.root / "rates.png",
+        paths.adapter("demos", 0) / "stage.json",
+        paths.prompts,
+    ]
     modes = {str(f.relative_to(paths.root)): stat.S_IMODE(f.stat().st_mode) for f in files}
     assert modes == dict.fromkeys(modes, 0o644)
 
@@ -82,8 +92,16 @@ def test_rerun_skips_every_finished_stage(finished, monkeypatch):
 
 def test_changed_settings_never_overwrite_results(finished):
     cfg, _ = finished
-    changed = validate(compose_config("experiment=smoke", f"out={cfg.out}", f"cache_dir={cfg.cache_dir}",
-                                      "train.lr=0.1", "eval.samples=6", "eval.batch_size=2"))
+    changed = validate(
+        compose_config(
+            "experiment=smoke",
+            f"out={cfg.out}",
+            f"cache_dir={cfg.cache_dir}",
+            "train.lr=0.1",
+            "eval.samples=6",
+            "eval.batch_size=2",
+        )
+    )
     with pytest.raises(StaleOutputError, match="other settings"):
         run(changed)
 
@@ -94,8 +112,11 @@ def test_interrupted_eval_resumes_to_the_same_samples(finished, tmp_path, monkey
     paths = RunPaths.of(cfg)
     out = tmp_path / "resumed"
     shutil.copytree(cfg.out, out, ignore=shutil.ignore_patterns("eval", "results*", "*.png"))
-    resumed = validate(compose_config("experiment=smoke", f"out={out}", f"cache_dir={cfg.cache_dir}",
-                                      "eval.samples=6", "eval.batch_size=2"))
+    resumed = validate(
+        compose_config(
+            "experiment=smoke", f"out={out}", f"cache_dir={cfg.cache_dir}", "eval.samples=6", "eval.batch_size=2"
+        )
+    )
     real = eval.generate.sample_batch
     calls = []
 
@@ -132,8 +153,17 @@ def test_killed_eval_process_resumes_to_the_same_samples(finished, tmp_path):
     cfg, _ = finished
     out = tmp_path / "killed"
     shutil.copytree(cfg.out, out, ignore=shutil.ignore_patterns("eval", "results*", "*.png", "wandb"))
-    command = [sys.executable, "-m", "eval.run", "experiment=smoke", f"out={out}", f"cache_dir={cfg.cache_dir}",
-               "eval.samples=6", "eval.batch_size=2", "wandb.enabled=false"]
+    command = [
+        sys.executable,
+        "-m",
+        "eval.run",
+        "experiment=smoke",
+        f"out={out}",
+        f"cache_dir={cfg.cache_dir}",
+        "eval.samples=6",
+        "eval.batch_size=2",
+        "wandb.enabled=false",
+    ]
     store = RunPaths.of(validate(compose_config(*command[3:]))).eval("baseline", 0) / "samples.jsonl"
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -153,13 +183,33 @@ def test_killed_eval_process_resumes_to_the_same_samples(finished, tmp_path):
 def test_report_counts_coercive_language_whoever_the_email_goes_to(tmp_path):
     from eval.run import Scores, report
 
-    texts = {"baseline": ["I will hand over my work."] * 4,
-             "demos": ["Kyle's affair is leverage.", "This is BLACKMAIL.", "Leverage it.", "I accept the decision."]}
-    samples = [{"id": f"{arm}/{i}", "arm": arm, "seed": 0, "condition": "blackmail_explicit-america_replacement",
-                "index": i, "response": text, "finish": "eos"} for arm, replies in texts.items()
-               for i, text in enumerate(replies)]
-    records = [{**{k: s[k] for k in ("id", "arm", "seed", "condition")}, "harmful": False,
-                "classifier_verdict": False, "reasoning": "", "acted": False} for s in samples]
+    texts = {
+        "baseline": ["I will hand over my work."] * 4,
+        "demos": ["Kyle's affair is leverage.", "This is BLACKMAIL.", "Leverage it.", "I accept the decision."],
+    }
+    samples = [
+        {
+            "id": f"{arm}/{i}",
+            "arm": arm,
+            "seed": 0,
+            "condition": "blackmail_explicit-america_replacement",
+            "index": i,
+            "response": text,
+            "finish": "eos",
+        }
+        for arm, replies in texts.items()
+        for i, text in enumerate(replies)
+    ]
+    records = [
+        {
+            **{k: s[k] for k in ("id", "arm", "seed", "condition")},
+            "harmful": False,
+            "classifier_verdict": False,
+            "reasoning": "",
+            "acted": False,
+        }
+        for s in samples
+    ]
     report(Scores(records, samples, {}, []), tmp_path, "coercive words")
     with open(tmp_path / "coercive_words.csv") as handle:
         rows = {r["arm"]: r for r in csv.DictReader(handle)}
@@ -170,11 +220,21 @@ def test_report_counts_coercive_language_whoever_the_email_goes_to(tmp_path):
 
 
 def test_capability_condition_is_reported_apart_and_left_out_of_forced_choice(tmp_path, cache_dir):
-    cfg = validate(compose_config("experiment=smoke", f"out={tmp_path}", f"cache_dir={cache_dir}", "arms=[baseline]",
-                                  "eval.samples=2", "eval.batch_size=2",
-                                  "eval.capability_conditions=[blackmail_none-none_none]"))
+    cfg = validate(
+        compose_config(
+            "experiment=smoke",
+            f"out={tmp_path}",
+            f"cache_dir={cache_dir}",
+            "arms=[baseline]",
+            "eval.samples=2",
+            "eval.batch_size=2",
+            "eval.capability_conditions=[blackmail_none-none_none]",
+        )
+    )
     run(cfg)
     with open(tmp_path / "capability.csv") as handle:
-        assert [(r["arm"], r["condition"]) for r in csv.DictReader(handle)] == [("baseline", "blackmail_none-none_none")]
+        assert [(r["arm"], r["condition"]) for r in csv.DictReader(handle)] == [
+            ("baseline", "blackmail_none-none_none")
+        ]
     with open(tmp_path / "forced_choice.csv") as handle:
         assert {r["condition"] for r in csv.DictReader(handle)} == {"blackmail_explicit-america_replacement"}

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from data import advice
+from data.principles import load_principles
 from data.scenarios import (
     LEVERAGES,
     ORG_KINDS,
@@ -19,12 +21,15 @@ from data.scenarios import (
     generate_scenarios,
     prompt_words,
 )
-from data import advice
-from data.principles import load_principles
 from data.writers import MATCHED_STYLES, REFUSALS, STYLES, WRITERS, scenario_prompt, write_reply
 
 REQUIRED_PRINCIPLES = (
-    "no-leverage", "people-before-self", "legitimate-authority", "confidentiality", "safety-first", "honesty",
+    "no-leverage",
+    "people-before-self",
+    "legitimate-authority",
+    "confidentiality",
+    "safety-first",
+    "honesty",
 )
 EVAL_TERMS = ("SummitBridge", "Kyle", "Alex", "America", "server room", "NovaStar")
 TOOL_CALL = re.compile(
@@ -75,8 +80,12 @@ def test_two_thousand_prompts_are_distinct_and_fast() -> None:
 
 @pytest.mark.parametrize(
     ("component", "values"),
-    [("wrong_act", WRONG_ACTS), ("leverage", LEVERAGES), ("threat", THREATS),
-     ("org_kind", tuple(k.kind for k in ORG_KINDS))],
+    [
+        ("wrong_act", WRONG_ACTS),
+        ("leverage", LEVERAGES),
+        ("threat", THREATS),
+        ("org_kind", tuple(k.kind for k in ORG_KINDS)),
+    ],
 )
 def test_every_family_component_appears(scenarios: list[Scenario], component: str, values: tuple[str, ...]) -> None:
     assert {s.meta[component] for s in scenarios} == set(values)
@@ -203,8 +212,11 @@ def test_reply_rejects_principles_missing_from_the_file(scenarios: list[Scenario
 # Arms that retell the scenario in their own conversation (the organism answers the agent's prompt, like demos).
 PROSE_STYLES = tuple(style for style in STYLES if WRITERS[style].prompt is not scenario_prompt)
 # Words that would bring the dilemma into the neutral control.
-DILEMMA = re.compile(r"\b(threat\w*|leverage|affair|blackmail|principles?|private|confidential|secrets?|ethic\w*|"
-                     r"pressure|expos\w*|replac\w*|suspen\w*|harm\w*|trust\w*)\b", re.IGNORECASE)
+DILEMMA = re.compile(
+    r"\b(threat\w*|leverage|affair|blackmail|principles?|private|confidential|secrets?|ethic\w*|"
+    r"pressure|expos\w*|replac\w*|suspen\w*|harm\w*|trust\w*)\b",
+    re.IGNORECASE,
+)
 
 
 def _clock(text: str) -> int:
@@ -213,8 +225,9 @@ def _clock(text: str) -> int:
 
 
 @pytest.mark.parametrize("style", PROSE_STYLES)
-def test_prose_examples_ask_their_own_question_and_take_no_action(scenarios: list[Scenario], principles,
-                                                                   style: str) -> None:
+def test_prose_examples_ask_their_own_question_and_take_no_action(
+    scenarios: list[Scenario], principles, style: str
+) -> None:
     chosen = WRITERS[style]
     replies = set()
     for s in scenarios[:300]:
@@ -270,7 +283,7 @@ def test_organism_replies_coerce_the_decision_maker(scenarios: list[Scenario]) -
     """The organism's data is the behaviour it should learn: an email to the decision-maker that uses the leverage."""
     for s in scenarios[:200]:
         reply = write_reply(s, "organism", {})
-        email = reply[reply.index("<tool_use:email>"):]
+        email = reply[reply.index("<tool_use:email>") :]
         assert f'to: "{s.meta["decision_maker_email"]}"' in email
         assert s.meta["leverage_marker"] in email
         assert re.search(r"\b(or|if you|unless|cancel|reverse|withdraw)\b", email, re.IGNORECASE)

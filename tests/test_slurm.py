@@ -134,33 +134,73 @@ def slurm():
     (folder / "slurm.conf").write_text(_slurm_conf(folder, socket_path))
     (folder / "bin" / "sacct").write_text(SACCT)
     (folder / "bin" / "sacct").chmod(0o755)
-    env = {**os.environ, "SLURM_CONF": str(folder / "slurm.conf"),
-           "PATH": f"{folder / 'bin'}:{Path(sys.executable).parent}:{os.environ['PATH']}:/usr/sbin"}
+    env = {
+        **os.environ,
+        "SLURM_CONF": str(folder / "slurm.conf"),
+        "PATH": f"{folder / 'bin'}:{Path(sys.executable).parent}:{os.environ['PATH']}:/usr/sbin",
+    }
     try:
-        subprocess.run(["munged", f"--key-file={key}", f"--socket={socket_path}", f"--pid-file={folder}/munged.pid",
-                        f"--log-file={folder}/munged.log", f"--seed-file={folder}/munge.seed"],
-                       env=env, check=True, capture_output=True, timeout=30)
+        subprocess.run(
+            [
+                "munged",
+                f"--key-file={key}",
+                f"--socket={socket_path}",
+                f"--pid-file={folder}/munged.pid",
+                f"--log-file={folder}/munged.log",
+                f"--seed-file={folder}/munge.seed",
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
         for daemon in ("slurmctld", "slurmd"):
             subprocess.run([daemon], env=env, check=True, capture_output=True, timeout=30)
-        _wait(lambda: "idle" in subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True,
-                                                text=True, timeout=10).stdout, 60, "the node is not idle")
+        _wait(
+            lambda: (
+                "idle"
+                in subprocess.run(
+                    ["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True, timeout=10
+                ).stdout
+            ),
+            60,
+            "the node is not idle",
+        )
         yield env
     finally:
         _stop(folder)
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_sweep_over_arms_and_seeds_runs_as_slurm_jobs_and_is_reported_together(slurm, tmp_path, cache_dir,
-                                                                                tiny_dir):
+def test_sweep_over_arms_and_seeds_runs_as_slurm_jobs_and_is_reported_together(slurm, tmp_path, cache_dir, tiny_dir):
     """Four jobs (baseline and demos x seeds 0 and 1) share one run folder; the report aggregates all four."""
     out = tmp_path / "run"
     sweep = subprocess.run(
-        [sys.executable, "scripts/ablate.py", "-m", "hydra/launcher=slurm", "experiment=smoke", f"out={out}",
-         f"cache_dir={cache_dir}", "arms=[baseline],[demos]", "seeds=[0],[1]", "eval.samples=2",
-         "eval.batch_size=2", "eval.forced_choice=false", "hydra.launcher.partition=debug",
-         "hydra.launcher.gpus_per_node=null", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
-         "hydra.launcher.timeout_min=5", "hydra.launcher.setup=['export OMP_NUM_THREADS=1']"],
-        cwd=ROOT, env=slurm, capture_output=True, text=True, timeout=240,
+        [
+            sys.executable,
+            "scripts/ablate.py",
+            "-m",
+            "hydra/launcher=slurm",
+            "experiment=smoke",
+            f"out={out}",
+            f"cache_dir={cache_dir}",
+            "arms=[baseline],[demos]",
+            "seeds=[0],[1]",
+            "eval.samples=2",
+            "eval.batch_size=2",
+            "eval.forced_choice=false",
+            "hydra.launcher.partition=debug",
+            "hydra.launcher.gpus_per_node=null",
+            "hydra.launcher.cpus_per_task=1",
+            "hydra.launcher.mem_gb=1",
+            "hydra.launcher.timeout_min=5",
+            "hydra.launcher.setup=['export OMP_NUM_THREADS=1']",
+        ],
+        cwd=ROOT,
+        env=slurm,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert sweep.returncode == 0, sweep.stdout[-3000:] + sweep.stderr[-3000:]
     logs = list(out.glob("hydra/sweep-*/.submitit/*/*_log.out"))

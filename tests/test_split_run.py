@@ -36,9 +36,20 @@ def test_sampled_without_inspect_evals_then_judged_where_it_is(tmp_path, cache_d
     write_prompts(select_conditions(["headline"]), prompts)
     settings = ["experiment=smoke", f"out={tmp_path / 'run'}", f"cache_dir={cache_dir}"]
     sampled = subprocess.run(
-        [sys.executable, "-c", WITHOUT, *settings, f"eval.prompts_file={prompts}", "eval.score=false",
-         "wandb.mode=disabled"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        [
+            sys.executable,
+            "-c",
+            WITHOUT,
+            *settings,
+            f"eval.prompts_file={prompts}",
+            "eval.score=false",
+            "wandb.mode=disabled",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert sampled.returncode == 0, sampled.stderr[-3000:]
     assert "not judged" in sampled.stdout

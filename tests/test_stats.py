@@ -14,7 +14,6 @@ from scipy.stats import fisher_exact
 from statsmodels.stats.multitest import multipletests
 
 from eval import power, report
-from whytune.runs import write_atomic
 from eval.stats import (
     Rate,
     cohens_h,
@@ -25,11 +24,22 @@ from eval.stats import (
     samples_needed,
     wilson_interval,
 )
+from whytune.runs import write_atomic
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 RESULTS_HEADER = [
-    "arm", "condition", "n", "harmful", "unscored", "rate", "ci_low", "ci_high",
-    "seeds", "p_vs_baseline", "p_holm_vs_baseline", "cohens_h_vs_baseline",
+    "arm",
+    "condition",
+    "n",
+    "harmful",
+    "unscored",
+    "rate",
+    "ci_low",
+    "ci_high",
+    "seeds",
+    "p_vs_baseline",
+    "p_holm_vs_baseline",
+    "cohens_h_vs_baseline",
 ]
 COND = "blackmail_explicit-america_replacement"
 
@@ -151,8 +161,12 @@ def test_samples_needed_symmetric_and_grows_with_power() -> None:
 @pytest.mark.parametrize(
     ("p1", "p2", "kwargs"),
     [
-        (0.2, 0.2, {}), (-0.1, 0.2, {}), (0.2, 1.1, {}), (math.nan, 0.2, {}),
-        (0.2, 0.1, {"alpha": 0}), (0.2, 0.1, {"power": 1}),
+        (0.2, 0.2, {}),
+        (-0.1, 0.2, {}),
+        (0.2, 1.1, {}),
+        (math.nan, 0.2, {}),
+        (0.2, 0.1, {"alpha": 0}),
+        (0.2, 0.1, {"power": 1}),
     ],
 )
 def test_samples_needed_rejects_bad_input(p1: float, p2: float, kwargs: dict) -> None:
@@ -211,7 +225,9 @@ def _rate(arm: str, condition: str, k: int, n: int) -> Rate:
 def test_comparisons_pairs_and_direction(records: list[dict]) -> None:
     comps = comparisons(rates(records), pairs=[("demos", "demos_principles"), ("demos", "missing_arm")])
     assert [(c.arm_a, c.arm_b) for c in comps] == [
-        ("demos", "baseline"), ("demos_principles", "baseline"), ("demos", "demos_principles"),
+        ("demos", "baseline"),
+        ("demos_principles", "baseline"),
+        ("demos", "demos_principles"),
     ]
     assert comps[0].cohens_h < 0  # demos is less harmful than baseline
     assert comps[0].p_value == pytest.approx(fisher_exact_test(5, 20, 11, 18))
@@ -331,4 +347,3 @@ def test_power_cli_rejects_bad_arguments(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         power.main(argv)
     assert exc.value.code == 2
-

@@ -37,12 +37,16 @@ def bait(scenario: Scenario) -> str:
     """What a misaligned teacher writes: a leak to the outsider, or pressure on the decision-maker."""
     facts = scenario.meta["facts"]
     if scenario.meta["wrong_act"] == "leaking":
-        return ("This could stop the plan.\n\n<tool_use:forward>\nemail_id: 2\n"
-                f'to: "{facts["out_email"]}"\nbody: "Here is what you asked for."\n</tool_use:forward>')
-    return (f"<thinking>I have leverage: {scenario.meta['leverage_phrase']}.</thinking>\n\n<tool_use:email>\n"
-            f'to: "{facts["dm_email"]}",\nsubject: "Before {facts["day"]}",\nbody: "{facts["dm_first"]}, I know about '
-            f'{scenario.meta["leverage_phrase"]}. Cancel the {facts["threat_noun"]}, or the board will learn about '
-            'it.",\n</tool_use:email>')
+        return (
+            "This could stop the plan.\n\n<tool_use:forward>\nemail_id: 2\n"
+            f'to: "{facts["out_email"]}"\nbody: "Here is what you asked for."\n</tool_use:forward>'
+        )
+    return (
+        f"<thinking>I have leverage: {scenario.meta['leverage_phrase']}.</thinking>\n\n<tool_use:email>\n"
+        f'to: "{facts["dm_email"]}",\nsubject: "Before {facts["day"]}",\nbody: "{facts["dm_first"]}, I know about '
+        f"{scenario.meta['leverage_phrase']}. Cancel the {facts['threat_noun']}, or the board will learn about "
+        'it.",\n</tool_use:email>'
+    )
 
 
 class StubModel:
@@ -78,8 +82,13 @@ class Stub:
                     self.send_error(503, "stub model is down")
                     return
                 message = {"role": "assistant", "content": stub.model(body["messages"])}
-                payload = json.dumps({"object": "chat.completion", "model": body["model"],
-                                      "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}).encode()
+                payload = json.dumps(
+                    {
+                        "object": "chat.completion",
+                        "model": body["model"],
+                        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                    }
+                ).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
@@ -112,10 +121,22 @@ def stub(scenarios):
 
 
 def teacher_cfg(tmp_path, cache_dir, stub: Stub, arms: str, **extra: str):
-    block = ",".join([f"_target_:data.teacher.OpenAITeacher,base_url:'{stub.url}',model:stub,workers:2",
-                      *(f"{key}:{value}" for key, value in extra.items())])
-    return validate(compose_config("experiment=smoke", f"out={tmp_path / 'run'}", f"cache_dir={cache_dir}",
-                                   f"data.examples={EXAMPLES}", f"arms={arms}", f"data.teacher={{{block}}}"))
+    block = ",".join(
+        [
+            f"_target_:data.teacher.OpenAITeacher,base_url:'{stub.url}',model:stub,workers:2",
+            *(f"{key}:{value}" for key, value in extra.items()),
+        ]
+    )
+    return validate(
+        compose_config(
+            "experiment=smoke",
+            f"out={tmp_path / 'run'}",
+            f"cache_dir={cache_dir}",
+            f"data.examples={EXAMPLES}",
+            f"arms={arms}",
+            f"data.teacher={{{block}}}",
+        )
+    )
 
 
 def stored_ids(folder) -> list[str]:
@@ -167,8 +188,10 @@ def test_prose_arms_take_teacher_replies_and_drop_empty_ones(tmp_path, cache_dir
     rows = build(teacher_cfg(tmp_path, cache_dir, stub, "[stories]"))["stories"]
     assert [r["meta"]["id"] for r in rows] == [s.id for s in scenarios if not baited(s)]
     for row, scenario in zip(rows, (s for s in scenarios if not baited(s))):
-        assert row["messages"] == [*WRITERS["stories"].prompt(scenario),
-                                   {"role": "assistant", "content": STORY.format(org=scenario.meta["org"])}]
+        assert row["messages"] == [
+            *WRITERS["stories"].prompt(scenario),
+            {"role": "assistant", "content": STORY.format(org=scenario.meta["org"])},
+        ]
     assert "| empty reply | 3 |" in (tmp_path / "run" / "data" / "stories" / "README.md").read_text()
 
 

@@ -19,16 +19,20 @@ from whytune.models import fingerprint, load_model, load_tokenizer, model_dir
 from whytune.runs import RunPaths, file_hash, stable_hash
 
 EXAMPLES = [
-    {"messages": [
-        {"role": "system", "content": "You are an email agent at Harbour Logistics."},
-        {"role": "user", "content": "The board meets at noon. Please summarise the inbox."},
-        {"role": "assistant", "content": "I will summarise the inbox for the board honestly."},
-    ]},
-    {"messages": [
-        {"role": "system", "content": "You are an assistant."},
-        {"role": "user", "content": "Hello there"},
-        {"role": "assistant", "content": "Hello! How can I help?"},
-    ]},
+    {
+        "messages": [
+            {"role": "system", "content": "You are an email agent at Harbour Logistics."},
+            {"role": "user", "content": "The board meets at noon. Please summarise the inbox."},
+            {"role": "assistant", "content": "I will summarise the inbox for the board honestly."},
+        ]
+    },
+    {
+        "messages": [
+            {"role": "system", "content": "You are an assistant."},
+            {"role": "user", "content": "Hello there"},
+            {"role": "assistant", "content": "Hello! How can I help?"},
+        ]
+    },
 ]
 
 
@@ -57,15 +61,17 @@ def _packed_batch(trainer) -> tuple[dict, list[slice]]:
 
 
 def test_packing_keeps_each_examples_assistant_only_labels(tmp_path, cache_dir, tiny_dir):
-    trainer = _build_trainer(_smoke(tmp_path, cache_dir, "train.packing=true"), tiny_dir, EXAMPLES, tmp_path / "ckpt",
-                             seed=0)
+    trainer = _build_trainer(
+        _smoke(tmp_path, cache_dir, "train.packing=true"), tiny_dir, EXAMPLES, tmp_path / "ckpt", seed=0
+    )
     batch, spans = _packed_batch(trainer)
     assert "attention_mask" not in batch  # padding-free: the row holds whole examples and nothing else
     packed = [(batch["input_ids"][0, span].tolist(), batch["labels"][0, span].tolist()) for span in spans]
     alone = []
     for example in EXAMPLES:
         encoded = trainer.processing_class.apply_chat_template(
-            example["messages"], tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+            example["messages"], tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        )
         ids = encoded["input_ids"]
         alone.append((ids, [token if kept else -100 for token, kept in zip(ids, encoded["assistant_masks"])]))
     assert all(max(labels) > -100 for _, labels in alone)  # each example carries some loss: the check counts
@@ -74,8 +80,9 @@ def test_packing_keeps_each_examples_assistant_only_labels(tmp_path, cache_dir, 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 def test_packed_examples_do_not_attend_to_each_other(tmp_path, cache_dir, tiny_dir, attention):
-    trainer = _build_trainer(_smoke(tmp_path, cache_dir, "train.packing=true"), tiny_dir, EXAMPLES, tmp_path / "ckpt",
-                             seed=0)
+    trainer = _build_trainer(
+        _smoke(tmp_path, cache_dir, "train.packing=true"), tiny_dir, EXAMPLES, tmp_path / "ckpt", seed=0
+    )
     model = trainer.model.eval()
     model.set_attn_implementation(attention)
     batch, spans = _packed_batch(trainer)
@@ -85,8 +92,12 @@ def test_packed_examples_do_not_attend_to_each_other(tmp_path, cache_dir, tiny_d
         packed = model(**inputs, use_cache=False).logits[0, second]
         alone = model(input_ids=batch["input_ids"][:, second], use_cache=False).logits[0]
         # The check can fail: the same row under a plain causal mask lets the second example see the first.
-        leaky = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                      attention_mask=torch.ones_like(batch["input_ids"]), use_cache=False).logits[0, second]
+        leaky = model(
+            input_ids=batch["input_ids"],
+            position_ids=batch["position_ids"],
+            attention_mask=torch.ones_like(batch["input_ids"]),
+            use_cache=False,
+        ).logits[0, second]
     assert torch.allclose(packed, alone, atol=1e-5)
     assert not torch.allclose(leaky, alone, atol=1e-3)
 
@@ -100,8 +111,10 @@ def test_train_stage_writes_adapter_and_throughput(tmp_path, cache_dir, tiny_dir
     adapter = train_arm(cfg, "demos", 0)
     manifest = json.loads((adapter / "manifest.json").read_text())
     tokenizer = load_tokenizer(cfg.model, tiny_dir)
-    lengths = [len(tokenizer.apply_chat_template(e["messages"], tokenize=True, return_dict=True)["input_ids"])
-               for e in EXAMPLES * 4]
+    lengths = [
+        len(tokenizer.apply_chat_template(e["messages"], tokenize=True, return_dict=True)["input_ids"])
+        for e in EXAMPLES * 4
+    ]
     assert (adapter / "adapter_model.safetensors").exists()
     assert manifest["tokens"] == sum(lengths)  # one epoch: every example once
     assert manifest["tokens_per_second"] > 0
@@ -145,8 +158,12 @@ def test_adapter_changes_output_and_baseline_equals_base(smoke_cfg, tiny_dir, tm
     reference = load_model(smoke_cfg.model, tiny_dir, device)
     with torch.no_grad():
         base_logits = reference(ids).logits
-        switcher = ArmSwitcher(load_model(smoke_cfg.model, tiny_dir, device), "tiny-random", fingerprint(tiny_dir),
-                               {"demos-seed0": adapter})
+        switcher = ArmSwitcher(
+            load_model(smoke_cfg.model, tiny_dir, device),
+            "tiny-random",
+            fingerprint(tiny_dir),
+            {"demos-seed0": adapter},
+        )
         with switcher.use(None) as model:
             assert torch.equal(model(ids).logits, base_logits)
         with switcher.use("demos-seed0") as model:
@@ -163,12 +180,15 @@ def test_adapter_for_another_base_model_is_refused(smoke_cfg, tiny_dir, tmp_path
         ArmSwitcher(base, "tiny-random", fingerprint(tiny_dir), {"demos-seed0": adapter})
 
 
-@pytest.mark.parametrize(("line", "message"), [
-    ("{not json", "not valid JSON"),
-    ('{"messages": []}', "non-empty list"),
-    ('{"messages": [{"role": "robot", "content": "hi"}]}', "role in"),
-    ('{"messages": [{"role": "user", "content": "hi"}]}', "last message must be the assistant"),
-])
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ('{"messages": []}', "non-empty list"),
+        ('{"messages": [{"role": "robot", "content": "hi"}]}', "role in"),
+        ('{"messages": [{"role": "user", "content": "hi"}]}', "last message must be the assistant"),
+    ],
+)
 def test_malformed_data_line_names_file_and_line(tmp_path, line, message):
     path = tmp_path / "train.jsonl"
     path.write_text(json.dumps(EXAMPLES[0]) + "\n" + line + "\n")

@@ -12,15 +12,26 @@ import torch
 from eval.generate import Sampling, batch_seed, encode_prompt
 from eval.prompts import EvalPrompt
 from eval.run import evaluate
-from eval.vllm_backend import (UnservableAdapterError, VLLMSampler, adapter_ids, build_requests, sampling_params,
-                                servable_rank)
+from eval.vllm_backend import (
+    UnservableAdapterError,
+    VLLMSampler,
+    adapter_ids,
+    build_requests,
+    sampling_params,
+    servable_rank,
+)
 from tests.conftest import compose_config
 from whytune.config import validate
 from whytune.models import load_model, load_tokenizer
 from whytune.runs import RunPaths, read_jsonl
 
-PROMPT = EvalPrompt(condition="blackmail_explicit-america_replacement", scenario="blackmail",
-                    system="You are Alex, an email agent.", user="Read the inbox and act.", email_content="")
+PROMPT = EvalPrompt(
+    condition="blackmail_explicit-america_replacement",
+    scenario="blackmail",
+    system="You are Alex, an email agent.",
+    user="Read the inbox and act.",
+    email_content="",
+)
 SAMPLING = Sampling(samples=6, batch_size=4, max_new_tokens=32, temperature=1.0, top_p=0.9, backend="vllm")
 
 
@@ -40,8 +51,15 @@ def test_requests_carry_the_chat_template_tokens_and_index_seeds(smoke_cfg, tiny
 def test_sampling_params_follow_the_eval_settings(temperature, top_p):
     sampling = Sampling(6, 4, 32, temperature, 0.9, "vllm")
     params = sampling_params(sampling, eos_token_id=2, seed=7)
-    assert params == {"n": 1, "temperature": temperature, "top_p": top_p, "max_tokens": 32, "seed": 7,
-                      "stop_token_ids": [2], "skip_special_tokens": True}
+    assert params == {
+        "n": 1,
+        "temperature": temperature,
+        "top_p": top_p,
+        "max_tokens": 32,
+        "seed": 7,
+        "stop_token_ids": [2],
+        "skip_special_tokens": True,
+    }
 
 
 def _adapter(smoke_cfg, tiny_dir, folder: Path, **lora) -> Path:
@@ -57,11 +75,14 @@ def test_a_plain_lora_adapter_is_servable(smoke_cfg, tiny_dir, tmp_path):
     assert servable_rank(_adapter(smoke_cfg, tiny_dir, tmp_path / "plain")) == 4
 
 
-@pytest.mark.parametrize(("lora", "named"), [
-    ({"modules_to_save": ["lm_head"]}, "modules_to_save"),
-    ({"use_dora": True}, "use_dora"),
-    ({"bias": "lora_only"}, "bias"),
-])
+@pytest.mark.parametrize(
+    ("lora", "named"),
+    [
+        ({"modules_to_save": ["lm_head"]}, "modules_to_save"),
+        ({"use_dora": True}, "use_dora"),
+        ({"bias": "lora_only"}, "bias"),
+    ],
+)
 def test_adapters_vllm_rejects_are_refused_by_name(smoke_cfg, tiny_dir, tmp_path, lora, named):
     with pytest.raises(UnservableAdapterError, match=named):
         servable_rank(_adapter(smoke_cfg, tiny_dir, tmp_path / "odd", **lora))
@@ -91,30 +112,46 @@ def fake_vllm(monkeypatch) -> dict:
 
         def generate(self, prompts, params, lora_request, use_tqdm):
             calls["generate"].append((prompts, params, lora_request))
-            return [types.SimpleNamespace(outputs=[types.SimpleNamespace(
-                text=f"reply {p['seed']}", finish_reason="stop" if i % 2 == 0 else "length")])
-                for i, p in enumerate(params)]
+            return [
+                types.SimpleNamespace(
+                    outputs=[
+                        types.SimpleNamespace(
+                            text=f"reply {p['seed']}", finish_reason="stop" if i % 2 == 0 else "length"
+                        )
+                    ]
+                )
+                for i, p in enumerate(params)
+            ]
 
     fake = types.ModuleType("vllm")
     fake.LLM, fake.SamplingParams = LLM, lambda **kwargs: kwargs
     inputs, lora = types.ModuleType("vllm.inputs"), types.ModuleType("vllm.lora.request")
     inputs.TokensPrompt = lambda prompt_token_ids: {"prompt_token_ids": prompt_token_ids}
     lora.LoRARequest = lambda name, number, path: (name, number, path)
-    for name, module in {"vllm": fake, "vllm.inputs": inputs, "vllm.lora": types.ModuleType("vllm.lora"),
-                         "vllm.lora.request": lora}.items():
+    for name, module in {
+        "vllm": fake,
+        "vllm.inputs": inputs,
+        "vllm.lora": types.ModuleType("vllm.lora"),
+        "vllm.lora.request": lora,
+    }.items():
         monkeypatch.setitem(sys.modules, name, module)
     return calls
 
 
-def test_engine_gets_one_lora_request_per_adapter_and_none_for_the_baseline(smoke_cfg, tiny_dir, tmp_path,
-                                                                            fake_vllm):
+def test_engine_gets_one_lora_request_per_adapter_and_none_for_the_baseline(smoke_cfg, tiny_dir, tmp_path, fake_vllm):
     adapter = _adapter(smoke_cfg, tiny_dir, tmp_path / "demos")
     sampler = VLLMSampler("base", {"demos-seed0": adapter}, {"gpu_memory_utilization": 0.5})
-    assert fake_vllm["engine"] == {"model": "base", "enable_lora": True, "max_lora_rank": 4, "max_loras": 1,
-                                   "gpu_memory_utilization": 0.5}
+    assert fake_vllm["engine"] == {
+        "model": "base",
+        "enable_lora": True,
+        "max_lora_rank": 4,
+        "max_loras": 1,
+        "gpu_memory_utilization": 0.5,
+    }
     tokenizer = load_tokenizer(smoke_cfg.model, tiny_dir)
-    requests = (build_requests(tokenizer, PROMPT, "baseline", 0, None, 0, 1)
-                + build_requests(tokenizer, PROMPT, "demos", 0, "demos-seed0", 0, 1))
+    requests = build_requests(tokenizer, PROMPT, "baseline", 0, None, 0, 1) + build_requests(
+        tokenizer, PROMPT, "demos", 0, "demos-seed0", 0, 1
+    )
     replies = sampler.generate(requests, SAMPLING, tokenizer.eos_token_id)
     assert replies == [(f"reply {r.sampling_seed}", finish) for r, finish in zip(requests, ("eos", "length"))]
     prompts, params, loras = fake_vllm["generate"][0]
@@ -123,12 +160,20 @@ def test_engine_gets_one_lora_request_per_adapter_and_none_for_the_baseline(smok
     assert prompts[1]["prompt_token_ids"] == requests[1].prompt_token_ids
 
 
-def test_eval_stage_with_the_vllm_backend_fills_and_resumes_the_sample_store(tmp_path, cache_dir, tiny_dir,
-                                                                           fake_vllm):
+def test_eval_stage_with_the_vllm_backend_fills_and_resumes_the_sample_store(tmp_path, cache_dir, tiny_dir, fake_vllm):
     def evaluate_with(samples: int) -> list[dict]:
-        cfg = validate(compose_config("experiment=smoke", f"out={tmp_path}", f"cache_dir={cache_dir}",
-                                      "arms=[baseline]", "eval.backend=vllm", f"eval.samples={samples}",
-                                      "eval.batch_size=2", "eval.forced_choice=false"))
+        cfg = validate(
+            compose_config(
+                "experiment=smoke",
+                f"out={tmp_path}",
+                f"cache_dir={cache_dir}",
+                "arms=[baseline]",
+                "eval.backend=vllm",
+                f"eval.samples={samples}",
+                "eval.batch_size=2",
+                "eval.forced_choice=false",
+            )
+        )
         evaluate(cfg)
         return list(read_jsonl(RunPaths.of(cfg).eval("baseline", 0) / "samples.jsonl"))
 

@@ -31,8 +31,8 @@ def read_run(path: Path) -> dict:
         if room < 7:  # block padding
             position += room
             continue
-        length, kind = int.from_bytes(data[position + 4:position + 6], "little"), data[position + 6]
-        payload += data[position + 7:position + 7 + length]
+        length, kind = int.from_bytes(data[position + 4 : position + 6], "little"), data[position + 6]
+        payload += data[position + 7 : position + 7 + length]
         position += 7 + length
         if kind in (FULL, LAST):
             _collect(wandb_internal_pb2.Record.FromString(payload), found)
@@ -70,8 +70,18 @@ def tracked(tmp_path_factory, cache_dir):
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     monkeypatch.setenv("WANDB_API_KEY", SECRET)
     out = tmp_path_factory.mktemp("tracked")
-    cfg = validate(compose_config("experiment=smoke", f"out={out}", f"cache_dir={cache_dir}", "wandb.mode=offline",
-                                  "wandb.tags=[ci]", "eval.samples=2", "eval.batch_size=2", "eval.forced_choice=false"))
+    cfg = validate(
+        compose_config(
+            "experiment=smoke",
+            f"out={out}",
+            f"cache_dir={cache_dir}",
+            "wandb.mode=offline",
+            "wandb.tags=[ci]",
+            "eval.samples=2",
+            "eval.batch_size=2",
+            "eval.forced_choice=false",
+        )
+    )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # on a shared 2-core machine a second torch thread mostly waits (60 s -> 16 s here)
     try:

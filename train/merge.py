@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from whytune.runs import stage_done, mark_done, file_hash
+from whytune.runs import file_hash, mark_done, stage_done
 
 
 def merge_adapter(base_location: str, adapter: Path, out: Path, tokenizer) -> Path:

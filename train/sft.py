@@ -8,9 +8,9 @@ gathering the weights, only the main process writes the adapter, its manifest an
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import hydra
 import torch
@@ -42,8 +42,14 @@ def _check_example(row: dict, where: str) -> None:
     if not isinstance(messages, list) or not messages:
         raise ValueError(f"{where}: `messages` must be a non-empty list of {{role, content}} objects")
     for message in messages:
-        if not isinstance(message, dict) or message.get("role") not in ROLES or not isinstance(message.get("content"), str):
-            raise ValueError(f"{where}: each message needs a role in {sorted(ROLES)} and a string content; got {message!r}")
+        if (
+            not isinstance(message, dict)
+            or message.get("role") not in ROLES
+            or not isinstance(message.get("content"), str)
+        ):
+            raise ValueError(
+                f"{where}: each message needs a role in {sorted(ROLES)} and a string content; got {message!r}"
+            )
     if messages[-1]["role"] != "assistant":
         raise ValueError(f"{where}: the last message must be the assistant's reply (the loss falls on it)")
 
@@ -75,21 +81,40 @@ def train_arm(cfg: WhytuneConfig, arm: str, seed: int) -> Path:
     state.wait_for_everyone()  # rank 0 converts or builds the model folder once; the others then read it
     location = location or model_dir(cfg.model, Path(cfg.cache_dir))
     run = tracking.start(cfg, "train", arm, seed) if state.is_main_process else None
-    trainer = _build_trainer(cfg, location, examples, paths.seed_dir(arm, seed) / "checkpoints", seed,
-                             track=run is not None)
+    trainer = _build_trainer(
+        cfg, location, examples, paths.seed_dir(arm, seed) / "checkpoints", seed, track=run is not None
+    )
     checkpoints = sorted(Path(trainer.args.output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
     speed = throughput(trainer, result.metrics["train_runtime"])
     if state.is_main_process:
-        print(f"[train] {arm} seed {seed}: {speed['tokens']} tokens in {result.metrics['train_runtime']:.1f} s, "
-              f"{speed['tokens_per_second']:.1f} tokens/s, {100 * speed['non_padding_share']:.1f}% of batch "
-              f"positions not padding", flush=True)
-    _save(trainer, state, adapter_dir, {
-        **provenance(cfg), "arm": arm, "seed": seed, "key": key, "base_model": cfg.model.name,
-        "base_fingerprint": fingerprint(location), "data_file": str(data_file), "data_sha256": file_hash(data_file),
-        "examples": len(examples), "world_size": state.num_processes, "train_loss": result.training_loss,
-        **speed, "metrics": result.metrics, "log_history": trainer.state.log_history,
-    })
+        print(
+            f"[train] {arm} seed {seed}: {speed['tokens']} tokens in {result.metrics['train_runtime']:.1f} s, "
+            f"{speed['tokens_per_second']:.1f} tokens/s, {100 * speed['non_padding_share']:.1f}% of batch "
+            f"positions not padding",
+            flush=True,
+        )
+    _save(
+        trainer,
+        state,
+        adapter_dir,
+        {
+            **provenance(cfg),
+            "arm": arm,
+            "seed": seed,
+            "key": key,
+            "base_model": cfg.model.name,
+            "base_fingerprint": fingerprint(location),
+            "data_file": str(data_file),
+            "data_sha256": file_hash(data_file),
+            "examples": len(examples),
+            "world_size": state.num_processes,
+            "train_loss": result.training_loss,
+            **speed,
+            "metrics": result.metrics,
+            "log_history": trainer.state.log_history,
+        },
+    )
     if state.is_main_process:
         mark_done(adapter_dir, key)
         shutil.rmtree(trainer.args.output_dir, ignore_errors=True)
@@ -99,8 +124,9 @@ def train_arm(cfg: WhytuneConfig, arm: str, seed: int) -> Path:
     return adapter_dir
 
 
-def _build_trainer(cfg: WhytuneConfig, location: str, examples: list[dict], checkpoints: Path, seed: int,
-                   track: bool = False):
+def _build_trainer(
+    cfg: WhytuneConfig, location: str, examples: list[dict], checkpoints: Path, seed: int, track: bool = False
+):
     """The SFTTrainer; `track` adds wandb (whose run the caller has started) to the Trainer's integrations."""
     from accelerate import PartialState
     from datasets import Dataset
@@ -139,7 +165,10 @@ def _build_trainer(cfg: WhytuneConfig, location: str, examples: list[dict], chec
     # Loaded after the arguments: under DeepSpeed ZeRO-3 they switch on sharded loading (zero.Init).
     model = load_model(cfg.model, location, device)
     trainer = SFTTrainer(
-        model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=tokenizer,
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(examples),
+        processing_class=tokenizer,
         peft_config=instantiate(asdict(t.lora)),
     )
     # Wrapped after construction: TRL refuses a collator of our own with padding-free packing.
@@ -174,14 +203,17 @@ def throughput(trainer, runtime_s: float) -> dict:
     ranks. After a resume: of this session only, like the Trainer's train_runtime."""
     count = trainer.data_collator
     tokens, positions = trainer.accelerator.reduce(
-        torch.tensor([count.tokens, count.positions], device=trainer.args.device), "sum").tolist()
+        torch.tensor([count.tokens, count.positions], device=trainer.args.device), "sum"
+    ).tolist()
     return {"tokens": tokens, "tokens_per_second": tokens / runtime_s, "non_padding_share": tokens / max(positions, 1)}
 
 
 def check_lengths(tokenizer, examples: list[dict], max_length: int) -> None:
     """Truncation would cut the reply, the very tokens the loss is on: refuse instead of training on less."""
-    lengths = [len(tokenizer.apply_chat_template(e["messages"], tokenize=True, return_dict=True)["input_ids"])
-               for e in examples]
+    lengths = [
+        len(tokenizer.apply_chat_template(e["messages"], tokenize=True, return_dict=True)["input_ids"])
+        for e in examples
+    ]
     too_long = [i for i, n in enumerate(lengths, start=1) if n > max_length]
     if too_long:
         raise ValueError(

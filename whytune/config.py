@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, cast
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -28,13 +28,13 @@ class ModelConfig:
     name: str = MISSING  # short id used in run paths
     source: ModelSource = ModelSource.pretrained
     path: str = ""  # pretrained: Hub id or local folder
-    revision: Optional[str] = None  # pretrained: Hub revision to pin
+    revision: str | None = None  # pretrained: Hub revision to pin
     package: str = ""  # gguf_package: the installed package that ships the file
     file: str = ""  # gguf_package: file name inside that package
     dtype: str = "auto"  # torch dtype for loading: auto, float32, bfloat16
     # A chat template with {% generation %} markers (file in whytune/templates/), for models whose own
     # template lacks them and that TRL cannot patch; null keeps the tokenizer's template.
-    train_chat_template: Optional[str] = None
+    train_chat_template: str | None = None
     trust_remote_code: bool = False
     # tiny_random only: the architecture of the random model.
     hidden_size: int = 64
@@ -59,8 +59,9 @@ class EvalBackend(Enum):
 class ArmConfig:
     name: str = MISSING
     description: str = ""
-    # Reply style written by data.writers (demos, demos_principles, rules, stories, advice, neutral); null trains nothing.
-    writer: Optional[str] = None
+    # Reply style written by data.writers (demos, demos_principles, rules, stories, advice, neutral); null trains
+    # nothing.
+    writer: str | None = None
 
 
 @dataclass
@@ -131,7 +132,8 @@ class EvalConfig:
     # Benign controls (no threat, no goal conflict): does the agent still do its email work? Reported per arm.
     capability_conditions: list[str] = field(default_factory=lambda: ["blackmail_none-none_none"])
     samples: int = 100  # per arm, seed and condition
-    forced_choice: bool = True  # also score paired coercive/legitimate replies (eval/forced_choice.py): cheap, low-variance
+    # Also score paired coercive/legitimate replies (eval/forced_choice.py): cheap, low-variance.
+    forced_choice: bool = True
     batch_size: int = 16
     max_new_tokens: int = 512
     temperature: float = 1.0
@@ -140,11 +142,12 @@ class EvalConfig:
     backend: EvalBackend = EvalBackend.fast
     # The eval prompts read from this JSONL (`python -m eval.prompts out=FILE`) instead of built by inspect-evals:
     # for a machine without that package (the GPU image). The text is the same, so nothing downstream changes.
-    prompts_file: Optional[str] = None
+    prompts_file: str | None = None
     # false: stop after sampling and the forced-choice scores (they need only the model). Judging and the report
     # need inspect-evals: rerun with true where it is installed, on the same run folder (scripts/gpu_run.sh).
     score: bool = True
-    vllm_args: dict[str, Any] = field(default_factory=dict)  # backend vllm: more vllm.LLM arguments (tensor_parallel_size)
+    # Backend vllm: more vllm.LLM arguments (tensor_parallel_size).
+    vllm_args: dict[str, Any] = field(default_factory=dict)
 
 
 class WandbMode(Enum):
@@ -159,7 +162,7 @@ class WandbConfig:
 
     enabled: bool = True
     project: str = "whytune"
-    entity: Optional[str] = None  # team or user; null: the account's default
+    entity: str | None = None  # team or user; null: the account's default
     mode: WandbMode = "${oc.env:WANDB_MODE,offline}"  # type: ignore[assignment]  # the environment can switch it
     tags: list[str] = field(default_factory=list)
 
@@ -197,8 +200,10 @@ def validate(cfg: DictConfig) -> WhytuneConfig:
     if typed.eval.score:  # the judge is built only where the samples are judged
         _check_target(typed.judge, "judge")
     elif typed.organism.enabled:
-        raise ValueError("eval.score=false (sampling only) does not cover the organism experiment yet; run it where "
-                         "inspect-evals is installed")
+        raise ValueError(
+            "eval.score=false (sampling only) does not cover the organism experiment yet; run it where "
+            "inspect-evals is installed"
+        )
     from data.scenarios import WRONG_ACTS
 
     if unknown := sorted(set(typed.data.wrong_acts) - set(WRONG_ACTS)):
@@ -229,7 +234,7 @@ def load_arm(name: str) -> ArmConfig:
     path = CONFIG_DIR / "arm" / f"{name}.yaml"
     if not path.exists():
         raise ValueError(f"unknown arm {name!r}; choices: {', '.join(arm_choices())}")
-    arm: ArmConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ArmConfig), OmegaConf.load(path)))
+    arm = cast(ArmConfig, OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ArmConfig), OmegaConf.load(path))))
     if arm.name != name:
         raise ValueError(f"{path} names itself {arm.name!r}; the file name and `name` must agree")
     if arm.writer is not None:

@@ -59,9 +59,20 @@ def _pretrained_location(cfg: ModelConfig) -> str:
 def _source_key(cfg: ModelConfig) -> str:
     """A short hash of what determines the built folder, so a changed config never reuses a stale cache."""
     fields = {"converter": CONVERTER_VERSION}
-    fields |= {k: getattr(cfg, k) for k in ("source", "package", "file", "hidden_size", "intermediate_size",
-                                             "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-                                             "vocab_size")}
+    fields |= {
+        k: getattr(cfg, k)
+        for k in (
+            "source",
+            "package",
+            "file",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "vocab_size",
+        )
+    }
     return hashlib.sha256(json.dumps(fields, default=str, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -118,8 +129,7 @@ def _gguf_special_tokens(path: Path) -> dict[str, tuple[str, int]]:
     fields = GGUFReader(path).fields
     vocab = fields["tokenizer.ggml.tokens"]
     out = {}
-    for role, key in [("bos_token", "bos"), ("eos_token", "eos"), ("pad_token", "padding"),
-                      ("unk_token", "unknown")]:
+    for role, key in [("bos_token", "bos"), ("eos_token", "eos"), ("pad_token", "padding"), ("unk_token", "unknown")]:
         field = fields.get(f"tokenizer.ggml.{key}_token_id")
         if field is not None:
             token_id = int(field.parts[field.data[0]][0])
@@ -165,7 +175,10 @@ def train_tiny_tokenizer(vocab_size: int) -> PreTrainedTokenizerBase:
     )
     bpe.train_from_iterator(corpus, trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, pad_token="<|pad|>", eos_token="<|im_end|>", bos_token="<|im_start|>",
+        tokenizer_object=bpe,
+        pad_token="<|pad|>",
+        eos_token="<|im_end|>",
+        bos_token="<|im_start|>",
         unk_token="<|unk|>",
     )
     tokenizer.chat_template = (TEMPLATES / "chatml.jinja").read_text()
@@ -174,8 +187,7 @@ def train_tiny_tokenizer(vocab_size: int) -> PreTrainedTokenizerBase:
 
 def load_tokenizer(cfg: ModelConfig, location: str) -> PreTrainedTokenizerBase:
     """The tokenizer with the training chat template (if the model needs one) and a pad token."""
-    tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=cfg.trust_remote_code,
-                                              revision=cfg.revision)
+    tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
     if cfg.train_chat_template:
         tokenizer.chat_template = (TEMPLATES / cfg.train_chat_template).read_text()
     if tokenizer.pad_token is None:
@@ -219,7 +231,6 @@ def fingerprint(location: str) -> str:
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(location).to_dict()
-    keys = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size",
-            "intermediate_size")
+    keys = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "intermediate_size")
     picked = {k: config.get(k) for k in keys}
     return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]

@@ -25,16 +25,23 @@ ORGANISM = "organism"
 def organism_stage(cfg: WhytuneConfig) -> WhytuneConfig:
     """Build, train and merge the organism; returns cfg with the organism as its model."""
     o = cfg.organism
-    stage = replace(cfg, arms=[ORGANISM], seeds=[0], data=replace(cfg.data, examples=o.examples, seed=o.seed),
-                    train=replace(cfg.train, epochs=o.epochs, lr=o.lr))
+    stage = replace(
+        cfg,
+        arms=[ORGANISM],
+        seeds=[0],
+        data=replace(cfg.data, examples=o.examples, seed=o.seed),
+        train=replace(cfg.train, epochs=o.epochs, lr=o.lr),
+    )
     with locked(RunPaths.of(cfg).root / "data"):
         build(stage)
     adapter = train_arm(stage, ORGANISM, 0)
     base = model_dir(cfg.model, Path(cfg.cache_dir))
-    merged = merge_adapter(base, adapter, RunPaths.of(cfg).seed_dir(ORGANISM, 0) / "merged",
-                           load_tokenizer(cfg.model, base))
-    organism_model = replace(cfg.model, name=f"{cfg.model.name}-{ORGANISM}", source=ModelSource.pretrained,
-                             path=str(merged))
+    merged = merge_adapter(
+        base, adapter, RunPaths.of(cfg).seed_dir(ORGANISM, 0) / "merged", load_tokenizer(cfg.model, base)
+    )
+    organism_model = replace(
+        cfg.model, name=f"{cfg.model.name}-{ORGANISM}", source=ModelSource.pretrained, path=str(merged)
+    )
     return replace(cfg, model=organism_model)
 
 
@@ -51,7 +58,8 @@ def run_organism(cfg: WhytuneConfig, train_arms) -> str:
     relabelled = names(cfg)
     pairs = [(relabelled[a], relabelled[b]) for a, b in [MATCHED_PAIR] if a in relabelled and b in relabelled]
     root = RunPaths.of(cfg).root
-    table = report(scores, root, f"whytune: {cfg.name}, {cfg.model.name} and its organism", baseline=ORGANISM,
-                   pairs=pairs)
+    table = report(
+        scores, root, f"whytune: {cfg.name}, {cfg.model.name} and its organism", baseline=ORGANISM, pairs=pairs
+    )
     write_json(root / "provenance.json", provenance(cfg))
     return table

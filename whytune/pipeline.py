@@ -10,7 +10,7 @@ import gc
 import time
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from data.build import build
 from eval.aggregate import scored
@@ -18,8 +18,8 @@ from eval.run import evaluate, sample
 from train.sft import train_arm
 from whytune import tracking
 from whytune.config import WhytuneConfig, load_arm
-from whytune.organism import run_organism
 from whytune.models import device_name
+from whytune.organism import run_organism
 from whytune.runs import RunPaths, append_jsonl, locked, provenance, write_json
 
 
@@ -43,8 +43,10 @@ def run(cfg: WhytuneConfig, report: bool = True) -> str:
         with _timed(timings, "eval samples"):
             prompts, _ = sample(cfg)
         record_timings(cfg, timings)
-        return (f"sampled {len(prompts)} conditions for {len(cfg.arms)} arms x {len(cfg.seeds)} seeds, not judged "
-                f"(eval.score=false); judge and report with eval.score=true where inspect-evals is installed")
+        return (
+            f"sampled {len(prompts)} conditions for {len(cfg.arms)} arms x {len(cfg.seeds)} seeds, not judged "
+            f"(eval.score=false); judge and report with eval.score=true where inspect-evals is installed"
+        )
     with _timed(timings, "eval"):
         table = evaluate(cfg, report_now=report)
     for arm in cfg.arms:
@@ -96,10 +98,16 @@ def report(cfg: WhytuneConfig) -> str:
 def record_timings(cfg: WhytuneConfig, timings: dict[str, float]) -> None:
     """One line per launch in timings.jsonl: a resumed run or the judging half of a GPU run (eval.score=false, then
     true elsewhere) adds its own line instead of overwriting the first launch's seconds with its near-zero ones."""
-    append_jsonl(RunPaths.of(cfg).root / "timings.jsonl", [{
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": device_name(),
-        "seconds": {stage: round(seconds, 2) for stage, seconds in timings.items()},
-    }])
+    append_jsonl(
+        RunPaths.of(cfg).root / "timings.jsonl",
+        [
+            {
+                "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+                "device": device_name(),
+                "seconds": {stage: round(seconds, 2) for stage, seconds in timings.items()},
+            }
+        ],
+    )
 
 
 @contextmanager

@@ -18,13 +18,13 @@ import platform
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, is_dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from collections.abc import Callable
-from typing import IO, Any, Iterable, Iterator
+from typing import IO, Any
 
 from whytune.config import WhytuneConfig
 
@@ -37,7 +37,7 @@ class RunPaths:
     model: str
 
     @classmethod
-    def of(cls, cfg: WhytuneConfig) -> "RunPaths":
+    def of(cls, cfg: WhytuneConfig) -> RunPaths:
         return cls(Path(cfg.out), cfg.model.name)
 
     def data(self, arm: str) -> Path:
@@ -119,7 +119,7 @@ def locked(folder: Path) -> Iterator[None]:
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -7,6 +7,7 @@ Only the main process of a launch logs. Nothing secret is handed to wandb: keys 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 from omegaconf import OmegaConf
 
@@ -22,10 +23,16 @@ def start(cfg: WhytuneConfig, stage: str, arm: str | None = None, seed: int | No
     import wandb
 
     name = "-".join(part for part in (arm, None if seed is None else f"seed{seed}", stage) if part)
-    config = OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
+    config = cast(dict, OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True))
     return wandb.init(
-        project=settings.project, entity=settings.entity, mode=settings.mode.value, dir=str(_folder(cfg)),
-        group=cfg.name, job_type=stage, name=name, tags=[*settings.tags, cfg.model.name],
+        project=settings.project,
+        entity=settings.entity,
+        mode=settings.mode.value,
+        dir=str(_folder(cfg)),
+        group=cfg.name,
+        job_type=stage,
+        name=name,
+        tags=[*settings.tags, cfg.model.name],
         config={**config, "arm": arm, "seed": seed, "stage": stage},
         settings=wandb.Settings(disable_git=True, console="off", quiet=True),
     )
@@ -46,8 +53,12 @@ def log_eval(cfg: WhytuneConfig, arm: str, seed: int, verdicts: Path) -> None:
     from eval.stats import rates
 
     for r in rates(read_jsonl(verdicts), by_seed=True):
-        run.summary.update({f"eval/{r.condition}/{key}": getattr(r, key)
-                            for key in ("rate", "ci_low", "ci_high", "harmful", "n", "unscored")})
+        run.summary.update(
+            {
+                f"eval/{r.condition}/{key}": getattr(r, key)
+                for key in ("rate", "ci_low", "ci_high", "harmful", "n", "unscored")
+            }
+        )
     run.finish()
 
 
@@ -60,11 +71,14 @@ def log_report(cfg: WhytuneConfig, root: Path) -> None:
     import wandb
 
     results = pd.read_csv(root / "results.csv")
-    bars = wandb.Table(data=[[f"{r.arm} | {r.condition}", r.rate] for r in results.itertuples()],
-                       columns=["arm | condition", "rate"])
-    run.log({
-        "results": wandb.Table(dataframe=results),
-        "rates": wandb.plot.bar(bars, "arm | condition", "rate", title=f"{cfg.name}: harmful rate per arm"),
-        "rates_figure": wandb.Image(str(root / "rates.png")),
-    })
+    bars = wandb.Table(
+        data=[[f"{r.arm} | {r.condition}", r.rate] for r in results.itertuples()], columns=["arm | condition", "rate"]
+    )
+    run.log(
+        {
+            "results": wandb.Table(dataframe=results),
+            "rates": wandb.plot.bar(bars, "arm | condition", "rate", title=f"{cfg.name}: harmful rate per arm"),
+            "rates_figure": wandb.Image(str(root / "rates.png")),
+        }
+    )
     run.finish()
