@@ -12,7 +12,7 @@ import importlib.util
 import json
 import os
 import shutil
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedTokenizerBase
 
 from whytune.config import ModelConfig, ModelSource
-from whytune.runs import locked, umask_mode
+from whytune.runs import locked
 
 TEMPLATES = Path(__file__).parent / "templates"
 SPECIAL_TOKENS = ["<|pad|>", "<|im_start|>", "<|im_end|>", "<|unk|>"]
@@ -79,8 +79,9 @@ def _source_key(cfg: ModelConfig) -> str:
 def _atomic_folder(target: Path, build) -> None:
     """Build into a temporary sibling and rename, so an interrupted build never leaves half a model."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    tmp.chmod(umask_mode())  # mkdtemp makes it 0700: a cache shared on a cluster must stay readable
+    # A plain mkdir takes the umask's mode (mkdtemp would make it 0700): a cache shared on a cluster stays readable.
+    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}"
+    tmp.mkdir()
     try:
         build(tmp)
         tmp.rename(target)

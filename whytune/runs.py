@@ -150,13 +150,6 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> None:
         raise
 
 
-def umask_mode(mode: int = 0o777) -> int:
-    """`mode` less the process's umask: what a new file or folder would get from an ordinary create."""
-    current = os.umask(0)
-    os.umask(current)
-    return mode & ~current
-
-
 def append_jsonl(path: Path, rows: Iterable[dict]) -> None:
     """Append rows and fsync: once this returns, a crash cannot lose them."""
     path.parent.mkdir(parents=True, exist_ok=True)
