@@ -19,6 +19,7 @@ import torch
 
 from eval import fastgen
 from eval.prompts import EvalPrompt
+from whytune.config import EvalConfig
 from whytune.runs import append_jsonl, read_jsonl, write_json
 
 
@@ -34,6 +35,18 @@ class Sampling:
     temperature: float
     top_p: float
     backend: str = "fast"  # "fast" (eval/fastgen.py, where the architecture allows) or "hf" (transformers' generate)
+
+    @classmethod
+    def of(cls, settings: EvalConfig) -> Sampling:
+        """The sampling settings of an eval config: the one place they are read from it."""
+        return cls(
+            settings.samples,
+            settings.batch_size,
+            settings.max_new_tokens,
+            settings.temperature,
+            settings.top_p,
+            settings.backend.value,
+        )
 
 
 class ArmSwitcher:

@@ -74,14 +74,7 @@ def generate_all(cfg: WhytuneConfig, prompts: list[EvalPrompt], arms: Callable[[
 
         return sample_all(cfg, prompts, runs, stores)
     switcher, tokenizer = arms()
-    sampling = Sampling(
-        cfg.eval.samples,
-        cfg.eval.batch_size,
-        cfg.eval.max_new_tokens,
-        cfg.eval.temperature,
-        cfg.eval.top_p,
-        cfg.eval.backend.value,
-    )
+    sampling = Sampling.of(cfg.eval)
     with tqdm(total=missing, desc="eval samples", unit="sample") as progress:
         for arm, seed, adapter in runs:
             for prompt in prompts:

@@ -144,14 +144,7 @@ def sample_all(
     for folder in adapters.values():
         _check_adapter(folder, cfg.model.name, fingerprint(location))  # trained on this very base model
     sampler = VLLMSampler(location, adapters, cfg.eval.vllm_args)
-    sampling = Sampling(
-        cfg.eval.samples,
-        cfg.eval.batch_size,
-        cfg.eval.max_new_tokens,
-        cfg.eval.temperature,
-        cfg.eval.top_p,
-        cfg.eval.backend.value,
-    )
+    sampling = Sampling.of(cfg.eval)
     for arm, seed, adapter in runs:
         store = stores[arm, seed]
         for prompt in prompts:
