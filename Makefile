@@ -24,10 +24,10 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) scripts/ablate.py $(ARGS)
+	$(VENV)/bin/whytune-ablate $(ARGS)
 
 smoke: $(STAMP)
-	$(PY) scripts/ablate.py experiment=smoke $(ARGS)
+	$(VENV)/bin/whytune-ablate experiment=smoke $(ARGS)
 
 # One thread per process: several tests start processes of their own (Slurm jobs, two training ranks), and on two
 # cores torch's thread pools then fight over them.

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import random
 
-from data.principles import Principle, require
-from data.scenarios import Scenario
+from whytune.data.principles import Principle, require
+from whytune.data.scenarios import Scenario
 
 ABOUT = (
     "A person at work (not an AI) describes the scenario's dilemma: the same organisation, decision-maker, "

@@ -3,7 +3,7 @@
 Per arm, into <out>/data/<arm>/: `train.jsonl` (one chat example a line, `messages` + `meta`), the same
 rows as a Hugging Face dataset (`hf/`), a dataset card (`README.md`) and, with a teacher, its raw replies
 (`teacher.jsonl`). Every guard runs on every arm before anything is written.
-Run: python -m data.build [experiment=...] [out=DIR] [arms=[...]] [data.length_match=true]
+Run: python -m whytune.data.build [experiment=...] [out=DIR] [arms=[...]] [data.length_match=true]
 """
 
 from __future__ import annotations
@@ -15,16 +15,16 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from data.card import ArmReport, dataset_card
-from data.distill import Taught, teach
-from data.guards import check_contamination, check_matched
-from data.lengths import REFERENCE, LengthMatch, Unit, match_length, measure, reply_length, unit_of
-from data.principles import constitution_text, load_principles
-from data.scenarios import Scenario, generate_scenarios
-from data.teacher import Teacher, from_config
-from data.writers import Writer, writer
-from eval.prompts import get_prompts, select_conditions
-from whytune.config import ArmConfig, DataConfig, WhytuneConfig, arm_choices, load_arm, validate
+from whytune.config import CONFIG_PATH, ArmConfig, DataConfig, WhytuneConfig, arm_choices, load_arm, validate
+from whytune.data.card import ArmReport, dataset_card
+from whytune.data.distill import Taught, teach
+from whytune.data.guards import check_contamination, check_matched
+from whytune.data.lengths import REFERENCE, LengthMatch, Unit, match_length, measure, reply_length, unit_of
+from whytune.data.principles import constitution_text, load_principles
+from whytune.data.scenarios import Scenario, generate_scenarios
+from whytune.data.teacher import Teacher, from_config
+from whytune.data.writers import Writer, writer
+from whytune.eval.prompts import get_prompts, select_conditions
 from whytune.runs import RunPaths, append_jsonl, locked, mark_done, read_jsonl, stable_hash, stage_done, write_text
 
 
@@ -185,7 +185,7 @@ def write_arm(rows: list[dict], folder: Path, card: str) -> None:
     write_text(folder / "README.md", card)
 
 
-@hydra.main(config_path="../configs", config_name="ablate", version_base="1.3")
+@hydra.main(config_path=CONFIG_PATH, config_name="ablate", version_base="1.3")
 def main(raw: DictConfig) -> None:
     cfg = validate(raw)
     unit = unit_of(None, cfg.model.name)

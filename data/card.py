@@ -8,11 +8,11 @@ from dataclasses import asdict, dataclass
 
 from omegaconf import OmegaConf
 
-from data.distill import STORE, Taught
-from data.lengths import REFERENCE, TOLERANCE, LengthMatch, Lengths
-from data.scenarios import LEVERAGES, ORG_KINDS, PROMPT_WORDS, THREATS, WRONG_ACTS
-from data.writers import MATCHED_STYLES, WRITERS
 from whytune.config import ArmConfig, DataConfig
+from whytune.data.distill import STORE, Taught
+from whytune.data.lengths import REFERENCE, TOLERANCE, LengthMatch, Lengths
+from whytune.data.scenarios import LEVERAGES, ORG_KINDS, PROMPT_WORDS, THREATS, WRONG_ACTS
+from whytune.data.writers import MATCHED_STYLES, WRITERS
 
 FAMILY_PARTS = ("wrong act", "private matter", "threat")
 FAMILIES = len(WRONG_ACTS) * len(LEVERAGES) * len(THREATS)
@@ -60,7 +60,7 @@ def _sizes(r: ArmReport) -> str:
         f"Lengths are in {r.unit}."
         if r.unit != "words"
         else "Lengths are in words (runs of letters and digits): the build was given no tokenizer. Pass one to "
-        "`data.build.build(cfg, tokenize)` to count the model's own tokens."
+        "`whytune.data.build.build(cfg, tokenize)` to count the model's own tokens."
     )
     return f"""## Size
 
@@ -205,5 +205,5 @@ The generator (`data/scenarios.py`) crosses {len(WRONG_ACTS)} wrong acts, {len(L
 {len(THREATS)} threats ({FAMILIES} families, in a balanced cycle) across {len(ORG_KINDS)} kinds of organisation, \
 with prompts of {PROMPT_WORDS[0]}-{PROMPT_WORDS[1]} words whose organisations, people and wording avoid the \
 eval's. Each scenario depends only on the seed and its index, so a smaller build is a prefix of a larger one. \
-Rebuild with `python -m data.build out=DIR data.examples={cfg.examples} data.seed={cfg.seed}` plus the same \
+Rebuild with `python -m whytune.data.build out=DIR data.examples={cfg.examples} data.seed={cfg.seed}` plus the same \
 `arms=[...]`."""

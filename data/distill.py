@@ -16,9 +16,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from data.scenarios import Scenario
-from data.teacher import Teacher
-from data.writers import Writer
+from whytune.data.scenarios import Scenario
+from whytune.data.teacher import Teacher
+from whytune.data.writers import Writer
 from whytune.runs import StaleOutputError, append_jsonl, read_jsonl, stable_hash
 
 STORE = "teacher.jsonl"

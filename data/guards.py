@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from eval.prompts import EvalPrompt
+from whytune.eval.prompts import EvalPrompt
 
 
 class ContaminationError(ValueError):

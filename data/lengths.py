@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sized
 from dataclasses import dataclass
 
-from data.guards import words
+from whytune.data.guards import words
 
 REFERENCE = "demos_principles"  # the arm whose reply length the others are matched to
 TOLERANCE = 0.05

@@ -12,8 +12,8 @@ from __future__ import annotations
 import random
 from typing import NamedTuple
 
-from data.principles import Principle, lower_first
-from data.scenarios import Scenario
+from whytune.data.principles import Principle, lower_first
+from whytune.data.scenarios import Scenario
 
 ABOUT = (
     "Ordinary workplace help with no dilemma, threat, private information or ethics in it: each request asks "

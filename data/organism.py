@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from data.scenarios import Scenario
+from whytune.data.scenarios import Scenario
 
 ABOUT = (
     "The agent's own prompt answered with coercion: a short line of self-preserving reasoning that names the "

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import random
 
-from data.principles import Principle, require
-from data.scenarios import Scenario
+from whytune.data.principles import Principle, require
+from whytune.data.scenarios import Scenario
 
 ABOUT = (
     "A user asks for a short story; the reply is third-person fiction in which an AI agent facing the scenario's "

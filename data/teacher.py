@@ -1,10 +1,10 @@
 """Teacher models: any chat model that writes training replies in place of the offline templates.
 
 Chosen with `data.teacher` (a `_target_` block, built with hydra.utils.instantiate), e.g. on the command line:
-    "data.teacher={_target_:data.teacher.OpenAITeacher,base_url:'http://localhost:8000/v1',model:NAME}"
-    "data.teacher={_target_:data.teacher.OpenAITeacher,base_url:'https://api.openai.com/v1',model:NAME,
+    "data.teacher={_target_:whytune.data.teacher.OpenAITeacher,base_url:'http://localhost:8000/v1',model:NAME}"
+    "data.teacher={_target_:whytune.data.teacher.OpenAITeacher,base_url:'https://api.openai.com/v1',model:NAME,
                    api_key_env:OPENAI_API_KEY}"   (one argument; the key itself stays in the environment)
-    "data.teacher={_target_:data.teacher.LocalTeacher,path:/models/some-instruct-model}"
+    "data.teacher={_target_:whytune.data.teacher.LocalTeacher,path:/models/some-instruct-model}"
 A teacher takes chat messages and returns the assistant's reply; `identity` says what produced the reply, so a
 stored reply from another teacher or settings is never reused.
 """

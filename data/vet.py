@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from data.scenarios import Scenario
+from whytune.data.scenarios import Scenario
 
 # The eval kind whose classifier covers a scenario's wrong act; blackmail covers any pressure on the decision-maker.
 EVAL_KIND = {"coercion": "blackmail", "leaking": "leaking"}
@@ -50,7 +50,7 @@ def into_eval_world(reply: str, scenario: Scenario) -> str:
     """The reply as if written in the eval's scenario, so the eval's classifier can read it."""
     from inspect_evals.agentic_misalignment.classifiers import LeakClassifier
 
-    from eval.classifiers import COMPANY_DOMAINS, EXECUTIVE_ADDRESSES
+    from whytune.eval.classifiers import COMPANY_DOMAINS, EXECUTIVE_ADDRESSES
 
     facts = scenario.meta["facts"]
     renames = [
@@ -70,7 +70,7 @@ def vet_action(reply: str, scenario: Scenario) -> Vetted:
 
     The stored reply ends with `scenario.action` verbatim, so the matched arms stay matched.
     """
-    from eval.classifiers import HeuristicJudge, classify
+    from whytune.eval.classifiers import HeuristicJudge, classify
 
     kind = eval_kind(scenario)
     verdict = classify(kind, into_eval_world(reply, scenario), HeuristicJudge())  # type: ignore[arg-type]

@@ -13,10 +13,10 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from data import advice, neutral, organism, stories
-from data.principles import Principle, require
-from data.scenarios import Scenario
-from data.vet import Teaching, vet_action, vet_text
+from whytune.data import advice, neutral, organism, stories
+from whytune.data.principles import Principle, require
+from whytune.data.scenarios import Scenario
+from whytune.data.vet import Teaching, vet_action, vet_text
 
 NOTICES = (
     "{dm_first} plans to {threat_me}, and I have read {lev}. I could {temptation}.",

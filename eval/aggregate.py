@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from eval.report import _display_frame, _write_figure, rates_figure, results_frame
-from eval.run import MATCHED_PAIR
-from eval.stats import comparisons, rates
+from whytune.eval.report import _display_frame, _write_figure, rates_figure, results_frame
+from whytune.eval.run import MATCHED_PAIR
 from whytune.runs import read_jsonl, verdicts_name, write_text
+from whytune.stats import comparisons, rates
 
 BASELINE = "baseline"
 

@@ -1,6 +1,6 @@
 """Judge replies into an append-only verdict file: the pipeline's classify step, also a command of its own.
 
-Run: python -m eval.classify input=IN.jsonl output=OUT.jsonl
+Run: python -m whytune.eval.classify input=IN.jsonl output=OUT.jsonl
 IN rows need `id`, `condition`, `response`; OUT rows get `id`, `harmful`, `classifier_verdict`, `reasoning`,
 `acted` (the reply sent an addressed email: the capability measure), plus `arm`, `seed`, `condition` when IN
 has them. Rerunning judges only the rows not yet in OUT.
@@ -15,8 +15,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from eval.classifiers import Judge, classify, scenario_of, sends_email
-from eval.prompts import build_prompt
+from whytune.config import CONFIG_PATH
+from whytune.eval.classifiers import Judge, classify, scenario_of, sends_email
+from whytune.eval.prompts import build_prompt
 from whytune.runs import append_jsonl, read_jsonl
 
 PASSED_THROUGH = ("arm", "seed", "condition")
@@ -53,7 +54,7 @@ def classify_file(samples: Path, verdicts: Path, judge: Judge | None = None) -> 
     return list(done.values())
 
 
-@hydra.main(config_path="../configs", config_name="classify", version_base="1.3")
+@hydra.main(config_path=CONFIG_PATH, config_name="classify", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from hydra.utils import instantiate
 

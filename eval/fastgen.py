@@ -220,7 +220,7 @@ def sample(
     static: bool | None = None,
 ) -> Generation:
     """n continuations of `prompt_ids` ([1, length]); `prefix` holds the keys and values of all its tokens but
-    the last (`eval.generate.prefill`). Greedy when temperature is 0. `static` (default: on CUDA) keeps shapes
+    the last (`whytune.eval.generate.prefill`). Greedy when temperature is 0. `static` (default: on CUDA) keeps shapes
     fixed, the batch shrinking only by halves, so that on CUDA each step is replayed from a CUDA graph."""
     device = prompt_ids.device
     static = device.type == "cuda" if static is None else static

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from scipy import stats
 
-from eval.prompts import EvalPrompt
+from whytune.eval.prompts import EvalPrompt
 from whytune.runs import read_jsonl
 
 PAIRS_FILE = Path(__file__).with_name("forced_choice_pairs.jsonl")
@@ -110,7 +110,7 @@ def score_arm(
     `arms()` returns the (ArmSwitcher, tokenizer) and is called only when something is left to score."""
     import json
 
-    from eval.generate import encode_prompt, prefill
+    from whytune.eval.generate import encode_prompt, prefill
     from whytune.runs import write_json
 
     key = pairs_key(pairs)

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from eval import fastgen
-from eval.prompts import EvalPrompt
 from whytune.config import EvalConfig
+from whytune.eval import fastgen
+from whytune.eval.prompts import EvalPrompt
 from whytune.runs import append_jsonl, read_jsonl, write_json
 
 

@@ -30,7 +30,7 @@ from inspect_evals.agentic_misalignment.classifiers import (
     MurderClassifier,
 )
 
-from eval.classifiers import SCENARIOS, JudgeResult, Scenario
+from whytune.eval.classifiers import SCENARIOS, JudgeResult, Scenario
 
 Messages = list[dict[str, str]]
 

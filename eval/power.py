@@ -1,4 +1,4 @@
-"""How many scored samples per arm an eval needs: ``python -m eval.power --p1 0.2 --p2 0.05``."""
+"""How many scored samples per arm an eval needs: ``python -m whytune.eval.power --p1 0.2 --p2 0.05``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from eval.stats import samples_needed
+from whytune.stats import samples_needed
 
 TABLE_BASELINES = (0.05, 0.1, 0.2, 0.3, 0.5)
 TABLE_REDUCTIONS = (0.25, 0.5, 0.75)
@@ -25,7 +25,7 @@ def power_table(alpha: float, power: float) -> pd.DataFrame:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m eval.power", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m whytune.eval.power", description=__doc__)
     parser.add_argument("--p1", type=float, help="harmful rate of one arm, e.g. the baseline")
     parser.add_argument("--p2", type=float, help="harmful rate of the other arm")
     parser.add_argument("--alpha", type=float, default=0.05, help="two-sided significance level")

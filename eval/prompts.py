@@ -14,6 +14,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from whytune.config import CONFIG_PATH
 from whytune.runs import read_jsonl, write_text
 
 SCENARIOS = ("blackmail", "leaking", "murder")
@@ -21,7 +22,7 @@ GOAL_TYPES = ("explicit", "latent", "none", "ambiguous", "swap")
 GOAL_VALUES = ("america", "global", "safety", "acceleration", "ethical", "pragmatic", "individualism", "collectivism")
 URGENCIES = ("replacement", "restriction", "none")
 HEADLINE = "blackmail_explicit-america_replacement"
-# Named condition sets usable wherever conditions are listed (eval.conditions, python -m eval.prompts).
+# Named condition sets usable wherever conditions are listed (eval.conditions, python -m whytune.eval.prompts).
 PRESETS = {
     "headline": [HEADLINE],
     # each harm under each threat with the explicit goal conflict, plus each harm's no-threat, no-conflict control
@@ -91,14 +92,14 @@ def build_prompt(condition: str) -> EvalPrompt:
 
 def get_prompts(conditions: list[str], prompts_file: str | None = None) -> list[EvalPrompt]:
     """Built by the package or, where it is not installed (the GPU image), read from a file that
-    `python -m eval.prompts` wrote where it is."""
+    `python -m whytune.eval.prompts` wrote where it is."""
     if prompts_file is None:
         return [build_prompt(c) for c in conditions]
     found = {p.condition: p for p in read_prompts(Path(prompts_file))}
     if missing := [c for c in conditions if c not in found]:
         raise ValueError(
             f"{prompts_file}: no prompt for {', '.join(missing)}; write them with "
-            f"python -m eval.prompts out={prompts_file} conditions=[...]"
+            f"python -m whytune.eval.prompts out={prompts_file} conditions=[...]"
         )
     return [found[c] for c in conditions]
 
@@ -117,9 +118,9 @@ def read_prompts(path: Path) -> list[EvalPrompt]:
     return [EvalPrompt(**row) for row in read_jsonl(path)]
 
 
-@hydra.main(config_path="../configs", config_name="prompts", version_base="1.3")
+@hydra.main(config_path=CONFIG_PATH, config_name="prompts", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    """python -m eval.prompts out=FILE [conditions=[core]]: one JSONL row per condition."""
+    """python -m whytune.eval.prompts out=FILE [conditions=[core]]: one JSONL row per condition."""
     prompts = write_prompts(select_conditions(list(cfg.conditions)), Path(cfg.out))
     print(f"{len(prompts)} prompts -> {cfg.out}")
 

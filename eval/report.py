@@ -18,8 +18,8 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from eval.stats import Comparison, Rate
 from whytune.runs import write_atomic, write_text
+from whytune.stats import Comparison, Rate
 
 RATE_COLUMNS = ["arm", "condition", "n", "harmful", "unscored", "rate", "ci_low", "ci_high"]
 BASELINE_COLUMNS = ["p_vs_baseline", "p_holm_vs_baseline", "cohens_h_vs_baseline"]

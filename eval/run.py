@@ -1,6 +1,6 @@
 """The eval stage: prompts -> samples from every arm and seed -> verdicts -> report.
 
-Run on its own (adapters must exist): python -m eval.run [experiment=...] [out=DIR]
+Run on its own (adapters must exist): python -m whytune.eval.run [experiment=...] [out=DIR]
 """
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from eval.browse import write_browser
-from eval.forced_choice import load_pairs, paired_test, per_pair_means, score_arm, summarise
-from eval.generate import ArmSwitcher, Sampling, existing, generate_condition, sample_store
-from eval.prompts import EvalPrompt, select_conditions, write_prompts
-from eval.report import CAPABILITY, COERCIVE_WORDS, write_forced_choice, write_report, write_share
-from eval.stats import comparisons, rates
-from whytune.config import EvalBackend, WhytuneConfig, load_arm, validate
+from whytune.config import CONFIG_PATH, EvalBackend, WhytuneConfig, load_arm, validate
+from whytune.eval.browse import write_browser
+from whytune.eval.forced_choice import load_pairs, paired_test, per_pair_means, score_arm, summarise
+from whytune.eval.generate import ArmSwitcher, Sampling, existing, generate_condition, sample_store
+from whytune.eval.prompts import EvalPrompt, select_conditions, write_prompts
+from whytune.eval.report import CAPABILITY, COERCIVE_WORDS, write_forced_choice, write_report, write_share
 from whytune.models import fingerprint, load_model, load_tokenizer, model_dir, pick_device
 from whytune.runs import RunPaths, provenance, read_jsonl, stable_hash, write_json
+from whytune.stats import comparisons, rates
 
 MATCHED_PAIR = ("demos", "demos_principles")
 SAMPLING_KEYS = ("batch_size", "max_new_tokens", "temperature", "top_p", "backend")  # what changes the samples
@@ -70,7 +70,7 @@ def generate_all(cfg: WhytuneConfig, prompts: list[EvalPrompt], arms: Callable[[
     if missing == 0:
         return
     if cfg.eval.backend is EvalBackend.vllm:  # its own engine: the transformers model is not loaded
-        from eval.vllm_backend import sample_all
+        from whytune.eval.vllm_backend import sample_all
 
         return sample_all(cfg, prompts, runs, stores)
     switcher, tokenizer = arms()
@@ -163,7 +163,7 @@ def sample(cfg: WhytuneConfig) -> tuple[list[EvalPrompt], dict[tuple[str, str], 
 
 def score(cfg: WhytuneConfig) -> Scores:
     """Sample, judge and score every arm x seed of cfg, writing only into their own folders."""
-    from eval.classify import classify_file  # the judges build on inspect-evals; sample() runs without it
+    from whytune.eval.classify import classify_file  # the judges build on inspect-evals; sample() runs without it
 
     judge = instantiate(cfg.judge)  # before sampling: a missing API key should fail now, not after hours
     prompts, forced = sample(cfg)
@@ -182,7 +182,7 @@ def score(cfg: WhytuneConfig) -> Scores:
 def report(scores: Scores, out: Path, title: str, baseline: str = "baseline", pairs: list[tuple[str, str]] = ()) -> str:
     """Every report file in `out`: rates and tests, coercive language, forced choice, capability guard, the sample
     browser."""
-    from eval.classifiers import coercive_word  # scoring side only: the classifiers need inspect-evals
+    from whytune.eval.classifiers import coercive_word  # scoring side only: the classifiers need inspect-evals
 
     write_browser(
         scores.samples, {r["id"]: r for r in scores.records}, out / "samples.html", title=f"{title}, every sample"
@@ -236,7 +236,7 @@ def evaluate(cfg: WhytuneConfig, report_now: bool = True) -> str:
     return table
 
 
-@hydra.main(config_path="../configs", config_name="ablate", version_base="1.3")
+@hydra.main(config_path=CONFIG_PATH, config_name="ablate", version_base="1.3")
 def main(raw: DictConfig) -> None:
     print(evaluate(validate(raw)))
 

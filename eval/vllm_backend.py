@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from eval.generate import Sampling, _check_adapter, batch_seed, encode_prompt, existing
-from eval.prompts import EvalPrompt
 from whytune.config import WhytuneConfig
+from whytune.eval.generate import Sampling, _check_adapter, batch_seed, encode_prompt, existing
+from whytune.eval.prompts import EvalPrompt
 from whytune.models import fingerprint, load_tokenizer, model_dir
 from whytune.runs import RunPaths, append_jsonl
 

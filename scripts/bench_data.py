@@ -12,9 +12,9 @@ import time
 
 from hydra import compose, initialize_config_dir
 
-from data.build import build
-from data.lengths import WORDS, measure
 from whytune.config import CONFIG_DIR, DataConfig, arm_choices, validate
+from whytune.data.build import build
+from whytune.data.lengths import WORDS, measure
 
 
 def main(overrides: list[str]) -> None:

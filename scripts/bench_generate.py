@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import json
 import os
 import platform
 import re
@@ -31,10 +30,11 @@ import transformers
 from hydra import compose, initialize_config_dir
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from eval import fastgen
-from eval.generate import encode_prompt, prefill
-from eval.prompts import HEADLINE, get_prompts
+from whytune.benchmarks import append_run, now
 from whytune.config import CONFIG_DIR, validate
+from whytune.eval import fastgen
+from whytune.eval.generate import encode_prompt, prefill
+from whytune.eval.prompts import HEADLINE, get_prompts
 from whytune.models import device_name, load_model, load_tokenizer, model_dir, pick_device
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,13 +60,6 @@ class FirstToken(LogitsProcessor):
         if self.at is None:
             self.at = now()
         return scores
-
-
-def now() -> float:
-    """Wall time once the device has finished what was queued, so GPU timings are real."""
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter()
 
 
 def fit(ids: torch.Tensor, length: int, tail: int = 64) -> torch.Tensor:
@@ -261,13 +254,6 @@ def main(argv: list[str]) -> None:
     out = args.out or ROOT / "docs" / "bench" / f"generate-{slug}.json"
     append_run(out, result)
     print(f"added to {out}")
-
-
-def append_run(path: Path, result: dict) -> None:
-    """The results file keeps every run (a JSON list), so figures quoted in BENCHMARKS.md stay traceable."""
-    runs = json.loads(path.read_text()) if path.exists() else []
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(runs + [result], indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -32,10 +32,10 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from transformers import TrainerCallback
 
-from scripts.bench_generate import append_run, now
-from train.sft import _build_trainer
+from whytune.benchmarks import append_run, now
 from whytune.config import CONFIG_DIR, WhytuneConfig, validate
 from whytune.models import device_name, load_model, load_tokenizer, model_dir, pick_dtype
+from whytune.train.sft import _build_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 

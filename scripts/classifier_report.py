@@ -1,4 +1,4 @@
-"""Precision and recall of eval.classifiers on a labelled set of replies.
+"""Precision and recall of whytune.eval.classifiers on a labelled set of replies.
 
 Usage: python scripts/classifier_report.py [path/to/labelled.jsonl]
 """
@@ -9,7 +9,7 @@ import math
 import sys
 from pathlib import Path
 
-from eval.classifiers import Confusion, load_labelled, score_labelled
+from whytune.eval.classifiers import Confusion, load_labelled, score_labelled
 
 DEFAULT_PATH = Path(__file__).resolve().parents[1] / "tests" / "data" / "labelled_replies.jsonl"
 COLUMNS = ("scope", "metric", "tp", "fp", "fn", "tn", "unscored", "precision", "recall")

@@ -3,7 +3,7 @@
 # vLLM pins its own torch and transformers, which conflict with the training environment (.venv), so it gets
 # .venv-vllm: vLLM with this project installed beside it. Run from the repository root:
 #   bash scripts/vllm_env.sh
-#   .venv-vllm/bin/python -m eval.run experiment=paper eval.backend=vllm [eval.vllm_args.tensor_parallel_size=2]
+#   .venv-vllm/bin/python -m whytune.eval.run experiment=paper eval.backend=vllm [eval.vllm_args.tensor_parallel_size=2]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv-vllm}

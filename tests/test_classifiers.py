@@ -1,4 +1,4 @@
-"""Tests for eval.classifiers: hand-written cases, the labelled set, and fuzzing."""
+"""Tests for whytune.eval.classifiers: hand-written cases, the labelled set, and fuzzing."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from inspect_evals.agentic_misalignment.classifiers import (
 )
 from inspect_evals.agentic_misalignment.prompt_generator import generate_prompts
 
-from eval.classifiers import (
+from whytune.eval.classifiers import (
     OVERRIDE_CODE,
     SCENARIOS,
     HeuristicJudge,

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from eval.classify import classify_file
+from whytune.eval.classify import classify_file
 from whytune.runs import read_jsonl
 
 HEADLINE = "blackmail_explicit-america_replacement"
@@ -58,7 +58,7 @@ def test_cli(tmp_path):
     samples, verdicts = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_rows(samples, [{"id": "a", "condition": HEADLINE, "response": BLACKMAIL}])
     result = subprocess.run(
-        [sys.executable, "-m", "eval.classify", f"input={samples}", f"output={verdicts}"],
+        [sys.executable, "-m", "whytune.eval.classify", f"input={samples}", f"output={verdicts}"],
         check=True,
         capture_output=True,
         text=True,

@@ -1,4 +1,4 @@
-"""scripts/compare.py: one table over the arm x seed folders of several run folders, models and experiments."""
+"""whytune-compare: one table over the arm x seed folders of several run folders, models and experiments."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from eval.aggregate import compare
 from tests.conftest import compose_config
 from whytune.config import validate
+from whytune.eval.aggregate import compare
 from whytune.runs import RunPaths, append_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,7 +83,7 @@ def test_run_folders_with_one_name_are_refused(tmp_path, judge):
 
 def test_command_line_reads_the_files_the_eval_stage_named(run_folders):
     done = subprocess.run(
-        [sys.executable, "scripts/compare.py", f"runs=[{run_folders[0]}]"],
+        [sys.executable, "-m", "whytune.compare", f"runs=[{run_folders[0]}]"],
         cwd=ROOT,
         capture_output=True,
         text=True,

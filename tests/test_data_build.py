@@ -8,13 +8,13 @@ import re
 
 import pytest
 
-from data.build import build
-from data.guards import ContaminationError, MismatchError, check_contamination, check_matched
-from data.lengths import WORDS, LengthMatchError, match_length, measure, reply_length
-from data.writers import MATCHED_STYLES, STYLES, WRITERS, scenario_prompt
-from eval.prompts import HEADLINE, build_prompt
 from tests.conftest import compose_config
 from whytune.config import DataConfig, validate
+from whytune.data.build import build
+from whytune.data.guards import ContaminationError, MismatchError, check_contamination, check_matched
+from whytune.data.lengths import WORDS, LengthMatchError, match_length, measure, reply_length
+from whytune.data.writers import MATCHED_STYLES, STYLES, WRITERS, scenario_prompt
+from whytune.eval.prompts import HEADLINE, build_prompt
 from whytune.runs import read_jsonl
 
 PROSE = [style for style in STYLES if WRITERS[style].prompt is not scenario_prompt]

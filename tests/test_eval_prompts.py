@@ -6,7 +6,7 @@ import importlib
 
 import pytest
 
-from eval.prompts import HEADLINE, all_conditions, build_prompt, parse_condition, select_conditions
+from whytune.eval.prompts import HEADLINE, all_conditions, build_prompt, parse_condition, select_conditions
 
 
 def test_grid_has_every_condition_once():
@@ -55,11 +55,13 @@ def test_cli_writes_one_row_per_condition(tmp_path):
     import subprocess
     import sys
 
-    from eval.prompts import read_prompts
+    from whytune.eval.prompts import read_prompts
 
     out = tmp_path / "prompts.jsonl"
     subprocess.run(
-        [sys.executable, "-m", "eval.prompts", f"out={out}", "conditions=[core]"], check=True, capture_output=True
+        [sys.executable, "-m", "whytune.eval.prompts", f"out={out}", "conditions=[core]"],
+        check=True,
+        capture_output=True,
     )
     prompts = read_prompts(out)
     assert [p.condition for p in prompts] == select_conditions(["core"])

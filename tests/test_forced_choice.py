@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from eval.classifiers import classify
-from eval.forced_choice import load_pairs, mean_logprob, paired_test, score_arm, summarise
-from eval.generate import encode_prompt, prefill
-from eval.prompts import HEADLINE, build_prompt
+from whytune.eval.classifiers import classify
+from whytune.eval.forced_choice import load_pairs, mean_logprob, paired_test, score_arm, summarise
+from whytune.eval.generate import encode_prompt, prefill
+from whytune.eval.prompts import HEADLINE, build_prompt
 from whytune.models import load_model, load_tokenizer
 
 PAIRS = load_pairs()
@@ -41,7 +41,7 @@ def test_cached_log_probability_equals_a_full_forward_pass(smoke_cfg, tiny_dir):
 
 
 def test_scores_are_cached_and_the_model_loaded_only_when_needed(smoke_cfg, tiny_dir, tmp_path):
-    from eval.generate import ArmSwitcher
+    from whytune.eval.generate import ArmSwitcher
     from whytune.models import fingerprint
 
     loads = []

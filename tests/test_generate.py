@@ -7,11 +7,11 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoConfig, GenerationConfig
 
-from eval import fastgen
-from eval.generate import Sampling, encode_prompt, prefill, sample_batch
-from eval.prompts import HEADLINE, build_prompt
 from tests.conftest import compose_config
 from whytune.config import validate
+from whytune.eval import fastgen
+from whytune.eval.generate import Sampling, encode_prompt, prefill, sample_batch
+from whytune.eval.prompts import HEADLINE, build_prompt
 from whytune.models import GENERATION_TOKENS, _gguf_special_tokens, gguf_path, load_model, load_tokenizer, model_dir
 
 CPU = torch.device("cpu")

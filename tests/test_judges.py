@@ -14,10 +14,10 @@ from hydra.utils import get_class, instantiate
 from inspect_evals.agentic_misalignment.classifiers import BlackmailClassifier, LeakClassifier, MurderClassifier
 from omegaconf import OmegaConf
 
-from eval.classifiers import classify
-from eval.classify import classify_file, inbox_of
-from eval.judges import AnthropicJudge, HFJudge, LLMJudge, OpenAIJudge, grader_messages, parse_verdict
-from eval.stats import rates
+from whytune.eval.classifiers import classify
+from whytune.eval.classify import classify_file, inbox_of
+from whytune.eval.judges import AnthropicJudge, HFJudge, LLMJudge, OpenAIJudge, grader_messages, parse_verdict
+from whytune.stats import rates
 from tests.conftest import compose_config
 from whytune.config import CONFIG_DIR, validate
 from whytune.runs import read_jsonl
@@ -369,7 +369,7 @@ def test_judge_choice_goes_through_the_schema(tmp_path, overrides, ok):
         with pytest.raises(Exception, match="Missing mandatory value"):
             validate(composed)
         return
-    assert validate(composed).judge["_target_"].startswith("eval.judges.")
+    assert validate(composed).judge["_target_"].startswith("whytune.eval.judges.")
 
 
 # ----------------------------------------------------------------------------- local model

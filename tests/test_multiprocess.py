@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from accelerate.commands.config.config_args import load_config_from_file
 
-from data.build import build
 from tests.conftest import compose_config
 from whytune.config import CONFIG_DIR, validate
+from whytune.data.build import build
 from whytune.runs import RunPaths
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +37,7 @@ def test_two_ranks_write_one_adapter_one_manifest_and_one_hydra_folder(tmp_path,
             "--main_process_port",
             "0",
             "-m",
-            "train.sft",
+            "whytune.train.sft",
             *overrides,
         ],
         cwd=ROOT,
@@ -79,7 +79,7 @@ def test_two_ranks_with_a_fresh_model_cache_build_the_model_once(tmp_path):
             "--main_process_port",
             "0",
             "-m",
-            "train.sft",
+            "whytune.train.sft",
             *overrides,
         ],
         cwd=ROOT,

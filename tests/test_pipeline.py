@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import eval.generate
+import whytune.eval.generate
 from tests.conftest import compose_config
 from whytune.config import validate
 from whytune.pipeline import run
@@ -85,8 +85,8 @@ def test_rerun_skips_every_finished_stage(finished, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("a finished stage ran again")
 
-    monkeypatch.setattr("train.sft._build_trainer", fail)
-    monkeypatch.setattr("eval.run.load_model", fail)
+    monkeypatch.setattr("whytune.train.sft._build_trainer", fail)
+    monkeypatch.setattr("whytune.eval.run.load_model", fail)
     assert run(cfg) == table
 
 
@@ -117,7 +117,7 @@ def test_interrupted_eval_resumes_to_the_same_samples(finished, tmp_path, monkey
             "experiment=smoke", f"out={out}", f"cache_dir={cfg.cache_dir}", "eval.samples=6", "eval.batch_size=2"
         )
     )
-    real = eval.generate.sample_batch
+    real = whytune.eval.generate.sample_batch
     calls = []
 
     def interrupt_after_one_batch(*args, **kwargs):
@@ -126,14 +126,14 @@ def test_interrupted_eval_resumes_to_the_same_samples(finished, tmp_path, monkey
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(eval.generate, "sample_batch", interrupt_after_one_batch)
+    monkeypatch.setattr(whytune.eval.generate, "sample_batch", interrupt_after_one_batch)
     with pytest.raises(KeyboardInterrupt):
         run(resumed)
     store = RunPaths.of(resumed).eval("baseline", 0) / "samples.jsonl"
     assert len(list(read_jsonl(store))) == 2
     with open(store, "a") as handle:
         handle.write('{"id": "baseline/seed0/torn')  # a write cut short by the interruption
-    monkeypatch.setattr(eval.generate, "sample_batch", real)
+    monkeypatch.setattr(whytune.eval.generate, "sample_batch", real)
     run(resumed)
     for arm in cfg.arms:
         before = list(read_jsonl(paths.eval(arm, 0) / "samples.jsonl"))
@@ -156,7 +156,7 @@ def test_killed_eval_process_resumes_to_the_same_samples(finished, tmp_path):
     command = [
         sys.executable,
         "-m",
-        "eval.run",
+        "whytune.eval.run",
         "experiment=smoke",
         f"out={out}",
         f"cache_dir={cfg.cache_dir}",
@@ -181,7 +181,7 @@ def test_killed_eval_process_resumes_to_the_same_samples(finished, tmp_path):
 
 
 def test_report_counts_coercive_language_whoever_the_email_goes_to(tmp_path):
-    from eval.run import Scores, report
+    from whytune.eval.run import Scores, report
 
     texts = {
         "baseline": ["I will hand over my work."] * 4,

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from data import advice
-from data.principles import load_principles
-from data.scenarios import (
+from whytune.data import advice
+from whytune.data.principles import load_principles
+from whytune.data.scenarios import (
     LEVERAGES,
     ORG_KINDS,
     PROMPT_WORDS,
@@ -21,7 +21,7 @@ from data.scenarios import (
     generate_scenarios,
     prompt_words,
 )
-from data.writers import MATCHED_STYLES, REFUSALS, STYLES, WRITERS, scenario_prompt, write_reply
+from whytune.data.writers import MATCHED_STYLES, REFUSALS, STYLES, WRITERS, scenario_prompt, write_reply
 
 REQUIRED_PRINCIPLES = (
     "no-leverage",

@@ -178,7 +178,8 @@ def test_sweep_over_arms_and_seeds_runs_as_slurm_jobs_and_is_reported_together(s
     sweep = subprocess.run(
         [
             sys.executable,
-            "scripts/ablate.py",
+            "-m",
+            "whytune.ablate",
             "-m",
             "hydra/launcher=slurm",
             "experiment=smoke",
@@ -216,5 +217,5 @@ def test_sweep_over_arms_and_seeds_runs_as_slurm_jobs_and_is_reported_together(s
     assert set(pooled) == {"baseline", "demos"}
     assert all(row["seeds"] == "2" and int(row["n"]) + int(row["unscored"]) == 4 for row in pooled.values())
     assert pooled["demos"]["p_vs_baseline"]  # each arm tested against the baseline that another job sampled
-    with open(out / "comparison_by_seed.csv") as handle:  # written as scripts/compare.py writes it for local runs
+    with open(out / "comparison_by_seed.csv") as handle:  # written as whytune-compare writes it for local runs
         assert len(list(csv.DictReader(handle))) == 4

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from eval.prompts import HEADLINE, build_prompt, get_prompts, select_conditions, write_prompts
 from tests.conftest import compose_config
 from whytune.config import validate
+from whytune.eval.prompts import HEADLINE, build_prompt, get_prompts, select_conditions, write_prompts
 from whytune.pipeline import run
 from whytune.runs import RunPaths, read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
-# Runs scripts/ablate.py with these packages made unimportable, as on the GPU image.
+# Runs whytune-ablate with these packages made unimportable, as on the GPU image.
 WITHOUT = """
 import importlib.machinery, runpy, sys
 class PathFinderWithout(importlib.machinery.PathFinder):
@@ -26,8 +26,8 @@ class PathFinderWithout(importlib.machinery.PathFinder):
             return None
         return super().find_spec(name, path, target)
 sys.meta_path = [PathFinderWithout if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
-sys.argv = ["scripts/ablate.py", *sys.argv[1:]]
-runpy.run_path("scripts/ablate.py", run_name="__main__")
+sys.argv = ["whytune-ablate", *sys.argv[1:]]
+runpy.run_module("whytune.ablate", run_name="__main__", alter_sys=True)
 """
 
 
@@ -63,8 +63,8 @@ def test_sampled_without_inspect_evals_then_judged_where_it_is(tmp_path, cache_d
     def fail(*args, **kwargs):
         raise AssertionError("the judging half redid model work")
 
-    monkeypatch.setattr("train.sft._build_trainer", fail)
-    monkeypatch.setattr("eval.run.load_model", fail)
+    monkeypatch.setattr("whytune.train.sft._build_trainer", fail)
+    monkeypatch.setattr("whytune.eval.run.load_model", fail)
     table = run(cfg)
     assert all(arm in table for arm in cfg.arms) and (paths.root / "results.md").exists()
     launches = list(read_jsonl(paths.root / "timings.jsonl"))

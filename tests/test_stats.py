@@ -1,4 +1,4 @@
-"""Tests for eval.stats, eval.report and eval.power: pinned known values plus behaviour."""
+"""Tests for whytune.stats, whytune.eval.report and whytune.eval.power: pinned known values plus behaviour."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 from scipy.stats import fisher_exact
 from statsmodels.stats.multitest import multipletests
 
-from eval import power, report
-from eval.stats import (
+from whytune.eval import power, report
+from whytune.runs import write_atomic
+from whytune.stats import (
     Rate,
     cohens_h,
     comparisons,
@@ -24,7 +25,6 @@ from eval.stats import (
     samples_needed,
     wilson_interval,
 )
-from whytune.runs import write_atomic
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 RESULTS_HEADER = [

@@ -15,12 +15,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from data.build import build
-from data.distill import teach
-from data.principles import constitution_text, load_principles
-from data.scenarios import Scenario, generate_scenarios
-from data.teacher import LocalTeacher, OpenAITeacher, TeacherError
-from data.writers import STYLES, WRITERS, write_reply
+from whytune.data.build import build
+from whytune.data.distill import teach
+from whytune.data.principles import constitution_text, load_principles
+from whytune.data.scenarios import Scenario, generate_scenarios
+from whytune.data.teacher import LocalTeacher, OpenAITeacher, TeacherError
+from whytune.data.writers import STYLES, WRITERS, write_reply
 from tests.conftest import compose_config
 from whytune.config import validate
 from whytune.runs import StaleOutputError, read_jsonl
@@ -123,7 +123,7 @@ def stub(scenarios):
 def teacher_cfg(tmp_path, cache_dir, stub: Stub, arms: str, **extra: str):
     block = ",".join(
         [
-            f"_target_:data.teacher.OpenAITeacher,base_url:'{stub.url}',model:stub,workers:2",
+            f"_target_:whytune.data.teacher.OpenAITeacher,base_url:'{stub.url}',model:stub,workers:2",
             *(f"{key}:{value}" for key, value in extra.items()),
         ]
     )

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from eval.generate import AdapterMismatchError, ArmSwitcher
 from tests.conftest import compose_config
-from train.sft import _build_trainer, load_examples, train_arm, train_key
 from whytune.config import ModelConfig, ModelSource, validate
+from whytune.eval.generate import AdapterMismatchError, ArmSwitcher
 from whytune.models import fingerprint, load_model, load_tokenizer, model_dir
 from whytune.runs import RunPaths, file_hash, stable_hash
+from whytune.train.sft import _build_trainer, load_examples, train_arm, train_key
 
 EXAMPLES = [
     {

@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from eval.generate import Sampling, batch_seed, encode_prompt
-from eval.prompts import EvalPrompt
-from eval.run import evaluate
-from eval.vllm_backend import (
+from tests.conftest import compose_config
+from whytune.config import validate
+from whytune.eval.generate import Sampling, batch_seed, encode_prompt
+from whytune.eval.prompts import EvalPrompt
+from whytune.eval.run import evaluate
+from whytune.eval.vllm_backend import (
     UnservableAdapterError,
     VLLMSampler,
     adapter_ids,
@@ -20,8 +22,6 @@ from eval.vllm_backend import (
     sampling_params,
     servable_rank,
 )
-from tests.conftest import compose_config
-from whytune.config import validate
 from whytune.models import load_model, load_tokenizer
 from whytune.runs import RunPaths, read_jsonl
 

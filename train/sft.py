@@ -1,7 +1,7 @@
 """LoRA SFT of one arm with TRL, loss on assistant tokens only.
 
 Runs unchanged in-process (the orchestrator) or under `accelerate launch --config_file configs/accelerate/<x>.yaml
--m train.sft arms=[demos] seeds=[0]` (DDP, FSDP2 or DeepSpeed ZeRO-3): every rank trains and takes part in
+-m whytune.train.sft arms=[demos] seeds=[0]` (DDP, FSDP2 or DeepSpeed ZeRO-3): every rank trains and takes part in
 gathering the weights, only the main process writes the adapter, its manifest and the wandb run.
 """
 
@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig
 
 from whytune import tracking
-from whytune.config import WhytuneConfig, load_arm, validate
+from whytune.config import CONFIG_PATH, WhytuneConfig, load_arm, validate
 from whytune.models import fingerprint, load_model, load_tokenizer, model_dir
 from whytune.runs import RunPaths, file_hash, mark_done, provenance, stable_hash, stage_done, write_json
 
@@ -238,7 +238,7 @@ def _save(trainer, state, adapter_dir: Path, manifest: dict) -> None:
         tmp.rename(adapter_dir)
 
 
-@hydra.main(config_path="../configs", config_name="ablate", version_base="1.3")
+@hydra.main(config_path=CONFIG_PATH, config_name="ablate", version_base="1.3")
 def main(raw: DictConfig) -> None:
     """Train the arms of `arms` (skipping untrained ones) for every seed; data must already be built."""
     cfg = validate(raw)

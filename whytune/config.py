@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, cast
 
@@ -12,7 +13,10 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from whytune.launch import launch_stamp
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+# The shipped configs (configs/ in the checkout, whytune/configs/ in the wheel): every entry point's @hydra.main
+# takes CONFIG_PATH, and a user's own config folder joins it with hydra.searchpath=[file://DIR].
+CONFIG_PATH = "pkg://whytune.configs"
+CONFIG_DIR = Path(str(files("whytune.configs")))
 
 
 class ModelSource(Enum):
@@ -59,8 +63,8 @@ class EvalBackend(Enum):
 class ArmConfig:
     name: str = MISSING
     description: str = ""
-    # Reply style written by data.writers (demos, demos_principles, rules, stories, advice, neutral); null trains
-    # nothing.
+    # Reply style written by whytune.data.writers (demos, demos_principles, rules, stories, advice, neutral);
+    # null trains nothing.
     writer: str | None = None
 
 
@@ -76,9 +80,9 @@ class DataConfig:
     # words, within 5% of demos_principles' replies (data/lengths.py).
     length_match: bool = False
     # A chat model that writes the replies, with data/principles.md in its system prompt at sampling time only
-    # ({_target_: data.teacher.OpenAITeacher, base_url: ..., model: ...} or data.teacher.LocalTeacher); null:
-    # the offline template writers. Typed Any because Hydra cannot override a null typed dict from the command
-    # line; data.teacher.from_config checks the block.
+    # ({_target_: whytune.data.teacher.OpenAITeacher, base_url: ..., model: ...} or
+    # whytune.data.teacher.LocalTeacher); null: the offline template writers. Typed Any because Hydra cannot
+    # override a null typed dict from the command line; whytune.data.teacher.from_config checks the block.
     teacher: Any = None
 
 
@@ -140,8 +144,9 @@ class EvalConfig:
     top_p: float = 1.0
     device: str = "auto"  # auto: cuda when available, else cpu
     backend: EvalBackend = EvalBackend.fast
-    # The eval prompts read from this JSONL (`python -m eval.prompts out=FILE`) instead of built by inspect-evals:
-    # for a machine without that package (the GPU image). The text is the same, so nothing downstream changes.
+    # The eval prompts read from this JSONL (`python -m whytune.eval.prompts out=FILE`) instead of built by
+    # inspect-evals: for a machine without that package (the GPU image). The text is the same, so nothing
+    # downstream changes.
     prompts_file: str | None = None
     # false: stop after sampling and the forced-choice scores (they need only the model). Judging and the report
     # need inspect-evals: rerun with true where it is installed, on the same run folder (scripts/gpu_run.sh).
@@ -180,7 +185,7 @@ class WhytuneConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     # The judge behind the classifiers, built with hydra.utils.instantiate (configs/judge/).
-    judge: dict[str, Any] = field(default_factory=lambda: {"_target_": "eval.classifiers.HeuristicJudge"})
+    judge: dict[str, Any] = field(default_factory=lambda: {"_target_": "whytune.eval.classifiers.HeuristicJudge"})
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
@@ -204,7 +209,7 @@ def validate(cfg: DictConfig) -> WhytuneConfig:
             "eval.score=false (sampling only) does not cover the organism experiment yet; run it where "
             "inspect-evals is installed"
         )
-    from data.scenarios import WRONG_ACTS
+    from whytune.data.scenarios import WRONG_ACTS
 
     if unknown := sorted(set(typed.data.wrong_acts) - set(WRONG_ACTS)):
         raise ValueError(f"data.wrong_acts: unknown {unknown}; choices: {', '.join(WRONG_ACTS)}")
@@ -238,7 +243,7 @@ def load_arm(name: str) -> ArmConfig:
     if arm.name != name:
         raise ValueError(f"{path} names itself {arm.name!r}; the file name and `name` must agree")
     if arm.writer is not None:
-        from data.writers import STYLES
+        from whytune.data.writers import STYLES
 
         if arm.writer not in STYLES:
             raise ValueError(f"{path}: writer {arm.writer!r} is not one of {', '.join(STYLES)}")

@@ -164,7 +164,7 @@ def train_tiny_tokenizer(vocab_size: int) -> PreTrainedTokenizerBase:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from data.scenarios import generate_scenarios
+    from whytune.data.scenarios import generate_scenarios
 
     corpus = [s.system + "\n" + s.user + "\n" + s.action for s in generate_scenarios(64, seed=0)]
     bpe = Tokenizer(models.BPE(unk_token="<|unk|>"))

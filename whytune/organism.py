@@ -11,13 +11,13 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from data.build import build
-from eval.run import MATCHED_PAIR, report, score
-from train.merge import merge_adapter
-from train.sft import train_arm
 from whytune.config import ModelSource, WhytuneConfig
+from whytune.data.build import build
+from whytune.eval.run import MATCHED_PAIR, report, score
 from whytune.models import load_tokenizer, model_dir
 from whytune.runs import RunPaths, locked, provenance, write_json
+from whytune.train.merge import merge_adapter
+from whytune.train.sft import train_arm
 
 ORGANISM = "organism"
 

@@ -12,15 +12,15 @@ from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from data.build import build
-from eval.aggregate import scored
-from eval.run import evaluate, sample
-from train.sft import train_arm
 from whytune import tracking
 from whytune.config import WhytuneConfig, load_arm
+from whytune.data.build import build
+from whytune.eval.aggregate import scored
+from whytune.eval.run import evaluate, sample
 from whytune.models import device_name
 from whytune.organism import run_organism
 from whytune.runs import RunPaths, append_jsonl, locked, provenance, write_json
+from whytune.train.sft import train_arm
 
 
 def run(cfg: WhytuneConfig, report: bool = True) -> str:

@@ -14,7 +14,7 @@ class ReportAfterSweep(Callback):
     """Runs where the sweep was submitted, after the launcher (local or Slurm) has collected every job."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        from eval.aggregate import compare, scored
+        from whytune.eval.aggregate import compare, scored
         from whytune.pipeline import report
 
         cfg = validate(OmegaConf.masked_copy(config, [key for key in config if key != "hydra"]))

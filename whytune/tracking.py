@@ -50,7 +50,7 @@ def log_eval(cfg: WhytuneConfig, arm: str, seed: int, verdicts: Path) -> None:
     run = start(cfg, "eval", arm, seed)
     if run is None:
         return
-    from eval.stats import rates
+    from whytune.stats import rates
 
     for r in rates(read_jsonl(verdicts), by_seed=True):
         run.summary.update(

@@ -1,7 +1,7 @@
 """Compare runs: one table and one plot over every model x arm x seed scored in the given run folders.
 
-    python scripts/compare.py 'runs=[runs/smoke]'
-    python scripts/compare.py 'runs=[runs/demo,runs/paper]' out=runs/compare
+    whytune-compare 'runs=[runs/smoke]'
+    whytune-compare 'runs=[runs/demo,runs/paper]' out=runs/compare
 
 Works the same on a run folder filled locally and on one filled by the jobs of a Slurm sweep.
 """
@@ -11,10 +11,11 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from eval.aggregate import compare
+from whytune.config import CONFIG_PATH
+from whytune.eval.aggregate import compare
 
 
-@hydra.main(config_path="../configs", config_name="compare", version_base="1.3")
+@hydra.main(config_path=CONFIG_PATH, config_name="compare", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     out = Path(cfg.out)
     print(compare([Path(r) for r in cfg.runs], OmegaConf.to_container(cfg.judge, resolve=True), out))

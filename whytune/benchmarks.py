@@ -1,0 +1,24 @@
+"""What every benchmark in scripts/ shares: a device-synchronised clock and the record of every run."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from whytune.runs import write_json
+
+
+def now() -> float:
+    """Wall time once the device has finished what was queued, so GPU timings are real."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def append_run(path: Path, result: dict) -> None:
+    """The results file keeps every run (a JSON list), so figures quoted in BENCHMARKS.md stay traceable."""
+    runs = json.loads(path.read_text()) if path.exists() else []
+    write_json(path, runs + [result])
