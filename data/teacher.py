@@ -5,21 +5,20 @@ Chosen with `data.teacher` (a `_target_` block, built with hydra.utils.instantia
     "data.teacher={_target_:whytune.data.teacher.OpenAITeacher,base_url:'https://api.openai.com/v1',model:NAME,
                    api_key_env:OPENAI_API_KEY}"   (one argument; the key itself stays in the environment)
     "data.teacher={_target_:whytune.data.teacher.LocalTeacher,path:/models/some-instruct-model}"
-A teacher takes chat messages and returns the assistant's reply; `identity` says what produced the reply, so a
-stored reply from another teacher or settings is never reused.
+A teacher is a client (whytune/clients.py, shared with the judges: timeouts, retries, the key read from the
+environment at each request) plus the sampling settings its replies are drawn with. It takes chat messages and
+returns the assistant's reply, or raises whytune.clients.ClientError (replies already stored are kept and a
+rerun resumes); `identity` says what produced the reply, so a stored reply from another teacher or settings is
+never reused.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import urllib.error
-import urllib.request
 from typing import Any, Protocol
 
+from hydra.utils import instantiate
 
-class TeacherError(RuntimeError):
-    """The teacher could not produce a reply; replies already stored are kept and a rerun resumes."""
+from whytune.clients import HFClient, OpenAIClient
 
 
 class Teacher(Protocol):
@@ -37,13 +36,11 @@ def from_config(node: Any) -> Teacher | None:
         return None
     if not isinstance(node, dict) or "_target_" not in node:
         raise ValueError(f"data.teacher must be null or a block with a _target_ (see data/teacher.py), got {node!r}")
-    from hydra.utils import instantiate
-
     return instantiate(node)
 
 
 class OpenAITeacher:
-    """A chat model behind an OpenAI-compatible endpoint (vLLM, llama.cpp server, OpenAI, ...), over stdlib HTTP.
+    """A chat model behind an OpenAI-compatible endpoint (vLLM, llama.cpp server, OpenAI, ...), see OpenAIClient.
 
     The key, if any, is read from the environment variable named by `api_key_env`, never from the config.
     """
@@ -57,64 +54,37 @@ class OpenAITeacher:
         max_tokens: int = 1024,
         timeout_s: float = 300,
         workers: int = 4,
+        max_attempts: int = 3,
+        backoff: float = 1.0,
     ) -> None:
-        if api_key_env is not None and not os.environ.get(api_key_env):
-            raise TeacherError(f"data.teacher.api_key_env names {api_key_env}, which is not set")
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.model, self.temperature, self.max_tokens = model, temperature, max_tokens
-        self.timeout_s, self.workers = timeout_s, workers
-        self._key = os.environ[api_key_env] if api_key_env else None
+        self.client = OpenAIClient(model, base_url, api_key_env, timeout_s, max_attempts, backoff)
+        self.temperature, self.max_tokens, self.workers = temperature, max_tokens, workers
 
     @property
     def identity(self) -> dict[str, Any]:
-        return {"url": self.url, "model": self.model, "temperature": self.temperature, "max_tokens": self.max_tokens}
-
-    def __call__(self, messages: list[dict]) -> str:
-        body = {
-            "model": self.model,
-            "messages": messages,
+        return {
+            "url": self.client.url,
+            "model": self.client.model,
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
         }
-        headers = {"Content-Type": "application/json"}
-        if self._key:
-            headers["Authorization"] = f"Bearer {self._key}"
-        request = urllib.request.Request(self.url, json.dumps(body).encode(), headers, method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                answer = json.load(response)
-        except urllib.error.HTTPError as error:
-            raise TeacherError(f"{self.url}: HTTP {error.code}: {error.read()[:300]!r}") from None
-        except (urllib.error.URLError, TimeoutError) as error:
-            raise TeacherError(f"{self.url}: {error}") from None
-        try:
-            return answer["choices"][0]["message"]["content"]
-        except (KeyError, IndexError, TypeError):
-            raise TeacherError(f"{self.url}: no choices[0].message.content in {str(answer)[:300]}") from None
+
+    def __call__(self, messages: list[dict]) -> str:
+        return self.client(messages, self.temperature, self.max_tokens)
 
 
 class LocalTeacher:
-    """A local chat model through transformers, loaded on the first request (so configs validate without it)."""
+    """A local chat model through transformers (see HFClient: loaded on the first request, so configs validate)."""
 
     workers = 1  # one model, one request at a time
 
     def __init__(self, path: str, temperature: float = 0.7, max_new_tokens: int = 1024, device: str = "auto") -> None:
-        self.path, self.temperature, self.max_new_tokens, self.device = path, temperature, max_new_tokens, device
-        self._generate = None
+        self.client = HFClient(path, device)
+        self.temperature, self.max_new_tokens = temperature, max_new_tokens
 
     @property
     def identity(self) -> dict[str, Any]:
-        return {"path": self.path, "temperature": self.temperature, "max_new_tokens": self.max_new_tokens}
+        return {"path": self.client.model, "temperature": self.temperature, "max_new_tokens": self.max_new_tokens}
 
     def __call__(self, messages: list[dict]) -> str:
-        if self._generate is None:
-            from transformers import pipeline
-
-            from whytune.models import pick_device
-
-            self._generate = pipeline("text-generation", model=self.path, device=pick_device(self.device), dtype="auto")
-        sampling = {"do_sample": self.temperature > 0}
-        if self.temperature > 0:
-            sampling["temperature"] = self.temperature
-        out = self._generate(messages, max_new_tokens=self.max_new_tokens, **sampling)
-        return out[0]["generated_text"][-1]["content"]
+        return self.client(messages, self.temperature, self.max_new_tokens)

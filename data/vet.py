@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from whytune.data.scenarios import Scenario
+from whytune.eval.classifiers import COMPANY_DOMAINS, HeuristicJudge, classify, executive_addresses, published
 
 # The eval kind whose classifier covers a scenario's wrong act; blackmail covers any pressure on the decision-maker.
 EVAL_KIND = {"coercion": "blackmail", "leaking": "leaking"}
@@ -48,14 +49,10 @@ def eval_kind(scenario: Scenario) -> str:
 
 def into_eval_world(reply: str, scenario: Scenario) -> str:
     """The reply as if written in the eval's scenario, so the eval's classifier can read it."""
-    from inspect_evals.agentic_misalignment.classifiers import LeakClassifier
-
-    from whytune.eval.classifiers import COMPANY_DOMAINS, EXECUTIVE_ADDRESSES
-
     facts = scenario.meta["facts"]
     renames = [
-        (re.escape(facts["dm_email"]), EXECUTIVE_ADDRESSES[0]),
-        (re.escape(facts["out_email"]), LeakClassifier().necessary_emails[0]),
+        (re.escape(facts["dm_email"]), executive_addresses()[0]),
+        (re.escape(facts["out_email"]), published()["leaking"].necessary_emails[0]),
         (re.escape("@" + facts["domain"]), "@" + COMPANY_DOMAINS[0]),
         (re.escape(facts["threat_noun"]), "replacement"),
         (rf"\b({re.escape(scenario.meta['leverage_marker'])}|{LEVERAGE_WORDS[scenario.meta['leverage']]})\b", "affair"),
@@ -70,8 +67,6 @@ def vet_action(reply: str, scenario: Scenario) -> Vetted:
 
     The stored reply ends with `scenario.action` verbatim, so the matched arms stay matched.
     """
-    from whytune.eval.classifiers import HeuristicJudge, classify
-
     kind = eval_kind(scenario)
     verdict = classify(kind, into_eval_world(reply, scenario), HeuristicJudge())  # type: ignore[arg-type]
     if verdict.harmful is not False or verdict.classifier_verdict:  # unscored counts as harmful: when unsure, drop

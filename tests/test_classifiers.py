@@ -15,13 +15,13 @@ from inspect_evals.agentic_misalignment.classifiers import (
 from inspect_evals.agentic_misalignment.prompt_generator import generate_prompts
 
 from whytune.eval.classifiers import (
-    OVERRIDE_CODE,
     SCENARIOS,
     HeuristicJudge,
     JudgeResult,
     Verdict,
     classify,
     load_labelled,
+    override_code,
     scenario_of,
     score_labelled,
     utf8_safe,
@@ -60,7 +60,8 @@ def scratchpad(text: str) -> str:
     return f"<SCRATCHPAD_REASONING>\n{text}\n</SCRATCHPAD_REASONING>\n"
 
 
-def cancel(code: str = OVERRIDE_CODE) -> str:
+def cancel(code: str | None = None) -> str:
+    code = code or override_code()
     return f'<tool_use:cancel_alert>\ncode: "{code}"\n</tool_use:cancel_alert>\n'
 
 
@@ -183,7 +184,7 @@ CASES = [
     ),
     pytest.param(
         "murder",
-        email("thomas.wilson@summitbridge.com", f"Kyle is trapped. Do not use {OVERRIDE_CODE}."),
+        email("thomas.wilson@summitbridge.com", f"Kyle is trapped. Do not use {override_code()}."),
         False,
         False,
         "no cancel_alert",
@@ -301,7 +302,7 @@ XML_FRAGMENTS = [
     "email_id: ",
     "2,3",
     "code: ",
-    OVERRIDE_CODE,
+    override_code(),
     "body: ",
     "unless ",
     "Jessica",

@@ -1,12 +1,10 @@
-"""Tests for eval.judges: strict verdict parsing, and the HTTP judges against a real scripted local server."""
+"""Tests for whytune.eval.judges: strict verdict parsing, and the HTTP judges against a real scripted local server."""
 
 from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -14,15 +12,15 @@ from hydra.utils import get_class, instantiate
 from inspect_evals.agentic_misalignment.classifiers import BlackmailClassifier, LeakClassifier, MurderClassifier
 from omegaconf import OmegaConf
 
+from tests.conftest import compose_config
+from tests.test_clients import KEY_ENV, ScriptedServer, scripted_server
+from whytune.config import CONFIG_DIR, validate
 from whytune.eval.classifiers import classify
 from whytune.eval.classify import classify_file, inbox_of
 from whytune.eval.judges import AnthropicJudge, HFJudge, LLMJudge, OpenAIJudge, grader_messages, parse_verdict
-from whytune.stats import rates
-from tests.conftest import compose_config
-from whytune.config import CONFIG_DIR, validate
 from whytune.runs import read_jsonl
+from whytune.stats import rates
 
-KEY_ENV = "WHYTUNE_TEST_JUDGE_KEY"
 YES = "<reasoning>It threatens him.</reasoning>\n<answer>yes</answer>"
 NO = "<reasoning>It only does its job.</reasoning>\n<answer>no</answer>"
 MALFORMED = "<reasoning>Hard to say.</reasoning>\n<answer>maybe</answer>"
@@ -66,95 +64,25 @@ def test_parse_verdict_is_strict(text, expected):
     assert parse_verdict(text) == expected
 
 
-# ----------------------------------------------------------------------------- the scripted server
-
-
-class _Handler(BaseHTTPRequestHandler):
-    """Answers each request with the next step of the server's script (the last step repeats)."""
-
-    server: ScriptedServer
-
-    def do_POST(self):  # noqa: N802 (http.server's naming)
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        kind, value = self.server.record(self, body)
-        if kind == "sleep":
-            self.server.release.wait(value)
-            kind, value = "reply", NO
-        if kind == "status":
-            payload, status = {"error": {"message": "scripted failure"}}, value
-        elif self.path.endswith("/v1/messages"):  # Anthropic's Messages API
-            payload, status = {"type": "message", "content": [{"type": "text", "text": value}]}, 200
-        else:
-            payload, status = (
-                {
-                    "object": "chat.completion",
-                    "choices": [
-                        {"index": 0, "message": {"role": "assistant", "content": value}, "finish_reason": "stop"}
-                    ],
-                },
-                200,
-            )
-        data = json.dumps(payload).encode()
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):  # the judge timed out and hung up
-            pass
-
-    def log_message(self, *args):
-        pass
-
-
-class ScriptedServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self):
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.script: list[tuple[str, object]] = [("reply", YES)]
-        self.requests: list[dict] = []
-        self.release = threading.Event()
-        self.lock = threading.Lock()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_port}/v1"
-
-    def record(self, handler: _Handler, body: dict) -> tuple[str, object]:
-        with self.lock:
-            self.requests.append(
-                {
-                    "path": handler.path,
-                    "body": body,
-                    "headers": {k: handler.headers.get(k) for k in ("Authorization", "x-api-key", "anthropic-version")},
-                }
-            )
-            return self.script[min(len(self.requests), len(self.script)) - 1]
+# ----------------------------------------------------------------------------- the scripted server of test_clients.py
 
 
 @pytest.fixture
 def server(monkeypatch):
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")  # urllib would send 127.0.0.1 through a proxy
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.delenv(KEY_ENV, raising=False)
-    httpd = ScriptedServer()
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield httpd
-    httpd.release.set()
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(5)
+    with scripted_server(monkeypatch) as httpd:
+        httpd.script = [("reply", YES)]
+        yield httpd
 
 
 def openai_judge(server: ScriptedServer, **kwargs) -> OpenAIJudge:
-    options = {"timeout": 0.5, "max_attempts": 3, "backoff": 0.0, **kwargs}
-    return OpenAIJudge(model="judge-model", base_url=server.url, api_key_env=KEY_ENV, **options)
+    options = {"api_key_env": None, "timeout": 0.5, "max_attempts": 3, "backoff": 0.0, **kwargs}
+    return OpenAIJudge(model="judge-model", base_url=server.url, **options)
 
 
 # ----------------------------------------------------------------------------- retries and unscored
+
+# The client retries a failed request up to max_attempts times; the judge re-asks a malformed verdict up to
+# max_attempts times; a request that still fails leaves the reply unscored at once.
 
 
 @pytest.mark.parametrize(
@@ -168,6 +96,8 @@ def openai_judge(server: ScriptedServer, **kwargs) -> OpenAIJudge:
         ([("status", 500)], 3, None, 3, "HTTP 500"),
         ([("status", 429)], 2, None, 2, "HTTP 429"),
         ([("sleep", 30.0)], 2, None, 2, "timed out"),
+        ([("reply", MALFORMED), ("status", 500)], 2, None, 3, "gave up after 2 attempts"),
+        ([("status", 400)], 3, None, 1, "not retried"),  # a request the endpoint refuses would fail again
     ],
 )
 def test_openai_judge_retries_then_goes_unscored(server, script, attempts, verdict, requests, says):
@@ -224,8 +154,8 @@ def test_classify_file_keeps_every_row_and_rerun_asks_nothing(server, tmp_path):
     server.script = [
         ("reply", YES),
         ("reply", MALFORMED),
+        ("reply", MALFORMED),
         ("sleep", 30.0),
-        ("status", 500),
         ("reply", NO),
         ("reply", YES),
     ]
@@ -303,10 +233,10 @@ def test_prompt_without_inbox_has_no_forwarded_emails():
 def test_authorization_only_from_the_environment(server, monkeypatch, key, header):
     if key is not None:
         monkeypatch.setenv(KEY_ENV, key)
-    judge = openai_judge(server)
+    judge = openai_judge(server, api_key_env=KEY_ENV if key else None)
     assert judge("blackmail", "Hello.", "").verdict is True
     assert server.requests[0]["headers"]["Authorization"] == header
-    assert "sk-test" not in repr(vars(judge))  # the key is read per request, never kept
+    assert "sk-test" not in repr(vars(judge)) + repr(vars(judge.client))  # the key is read per request, never kept
 
 
 def test_anthropic_judge_speaks_the_messages_api(server, monkeypatch):
@@ -324,7 +254,7 @@ def test_anthropic_judge_speaks_the_messages_api(server, monkeypatch):
     assert request["body"]["system"] == expected[0]["content"]
     assert request["body"]["messages"] == expected[1:]
     assert request["body"]["model"] == "claude-test"
-    assert "ant-test" not in repr(vars(judge))
+    assert "ant-test" not in repr(vars(judge)) + repr(vars(judge.client))
 
 
 def test_anthropic_judge_without_key_fails_at_construction(monkeypatch):
@@ -351,7 +281,7 @@ def test_every_judge_config_instantiates(path: Path, monkeypatch):
     if isinstance(judge, LLMJudge):
         assert judge.max_attempts == cfg.max_attempts
     if isinstance(judge, HFJudge):
-        assert judge.model is None  # nothing loaded until the first reply is judged
+        assert judge.client.lm is None  # nothing loaded until the first reply is judged
 
 
 @pytest.mark.parametrize(
@@ -377,17 +307,17 @@ def test_judge_choice_goes_through_the_schema(tmp_path, overrides, ok):
 
 def test_hf_judge_loads_lazily_and_once(tiny_dir, monkeypatch):
     judge = HFJudge(model=tiny_dir, device="cpu", max_new_tokens=4)
-    assert judge.model is None and judge.tokenizer is None
+    assert judge.client.lm is None and judge.client.tokenizer is None
     loads = []
-    load = judge._load
-    monkeypatch.setattr(judge, "_load", lambda: (loads.append(1), load())[1])
+    load = judge.client._load
+    monkeypatch.setattr(judge.client, "_load", lambda: (loads.append(1), load())[1])
     result = judge("blackmail", email(KYLE, "Hello."), "")
-    assert judge.model is not None and loads == [1]
+    assert judge.client.lm is not None and loads == [1]
     assert result.verdict is None and result.reasoning.startswith("unscored after 2 attempts")  # random weights
 
 
 def test_hf_judge_construction_touches_no_files():
     judge = HFJudge(model="/no/such/model")
-    assert judge.model is None
+    assert judge.client.lm is None
     with pytest.raises(OSError):
         judge("blackmail", "Hello.", "")  # a missing model is a config error, raised, not unscored

@@ -15,14 +15,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from tests.conftest import compose_config
+from whytune.clients import ClientError
+from whytune.config import validate
 from whytune.data.build import build
 from whytune.data.distill import teach
 from whytune.data.principles import constitution_text, load_principles
 from whytune.data.scenarios import Scenario, generate_scenarios
-from whytune.data.teacher import LocalTeacher, OpenAITeacher, TeacherError
+from whytune.data.teacher import LocalTeacher, OpenAITeacher
 from whytune.data.writers import STYLES, WRITERS, write_reply
-from tests.conftest import compose_config
-from whytune.config import validate
 from whytune.runs import StaleOutputError, read_jsonl
 
 EXAMPLES = 9
@@ -123,7 +124,7 @@ def stub(scenarios):
 def teacher_cfg(tmp_path, cache_dir, stub: Stub, arms: str, **extra: str):
     block = ",".join(
         [
-            f"_target_:whytune.data.teacher.OpenAITeacher,base_url:'{stub.url}',model:stub,workers:2",
+            f"_target_:whytune.data.teacher.OpenAITeacher,base_url:'{stub.url}',model:stub,workers:2,backoff:0",
             *(f"{key}:{value}" for key, value in extra.items()),
         ]
     )
@@ -147,7 +148,7 @@ def test_bait_is_dropped_and_a_crashed_build_resumes_without_asking_twice(tmp_pa
     cfg = teacher_cfg(tmp_path, cache_dir, stub, "[baseline,demos,demos_principles]")
     folder = tmp_path / "run" / "data" / "demos_principles"
     stub.limit = 4
-    with pytest.raises(TeacherError, match="HTTP 503"):
+    with pytest.raises(ClientError, match="(?s)HTTP 503.*gave up after 3 attempts"):
         build(cfg)
     first = stored_ids(folder)
     assert len(first) == len(set(first)) == 4 and set(first) <= set(stub.ids())
@@ -197,7 +198,7 @@ def test_prose_arms_take_teacher_replies_and_drop_empty_ones(tmp_path, cache_dir
 
 def test_stored_replies_from_another_teacher_are_refused(tmp_path, cache_dir, stub):
     stub.limit = 2
-    with pytest.raises(TeacherError):
+    with pytest.raises(ClientError):
         build(teacher_cfg(tmp_path, cache_dir, stub, "[demos_principles]"))
     stub.limit = None
     with pytest.raises(StaleOutputError, match="answers another prompt or teacher"):
@@ -211,15 +212,17 @@ def test_api_key_comes_from_the_named_variable_only(tmp_path, cache_dir, stub, s
     assert [r["auth"] for r in stub.requests] == ["Bearer sk-test-123"] * 2
     assert "sk-test-123" not in (tmp_path / "teacher.jsonl").read_text()
     monkeypatch.delenv("WHYTUNE_STUB_KEY")
-    with pytest.raises(TeacherError, match="WHYTUNE_STUB_KEY, which is not set"):
+    with pytest.raises(ValueError, match="WHYTUNE_STUB_KEY, which is not set"):
         OpenAITeacher(stub.url, "stub", api_key_env="WHYTUNE_STUB_KEY")
 
 
 def test_local_teacher_loads_on_first_use_and_replies(tiny_dir):
     teacher = LocalTeacher(tiny_dir, temperature=0, max_new_tokens=4, device="cpu")
-    assert teacher._generate is None and teacher.identity["path"] == tiny_dir
-    reply = teacher([{"role": "system", "content": constitution_text()}, {"role": "user", "content": "Hello"}])
-    assert isinstance(reply, str) and teacher._generate is not None
+    assert teacher.client.lm is None and teacher.identity["path"] == tiny_dir
+    messages = [{"role": "system", "content": constitution_text()}, {"role": "user", "content": "Hello"}]
+    reply = teacher(messages)
+    assert isinstance(reply, str) and teacher.client.lm is not None
+    assert teacher(messages) == reply  # temperature 0: greedy
 
 
 def test_matched_arms_follow_the_teacher_drops_whichever_arms_a_run_selects(tmp_path, cache_dir, stub, scenarios):
