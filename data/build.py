@@ -15,11 +15,11 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from whytune.config import CONFIG_PATH, ArmConfig, DataConfig, WhytuneConfig, arm_choices, load_arm, validate
+from whytune.config import CONFIG_PATH, ArmConfig, DataConfig, WhytuneConfig, WriterStyle, validate
 from whytune.data.card import ArmReport, dataset_card
 from whytune.data.distill import Taught, teach
 from whytune.data.guards import check_contamination, check_matched
-from whytune.data.lengths import REFERENCE, LengthMatch, Unit, match_length, measure, reply_length, unit_of
+from whytune.data.lengths import LengthMatch, Unit, match_length, measure, reply_length, unit_of
 from whytune.data.principles import constitution_text, load_principles
 from whytune.data.scenarios import Scenario, generate_scenarios
 from whytune.data.teacher import Teacher, from_config
@@ -38,7 +38,7 @@ def build(cfg: WhytuneConfig, tokenize: Callable[[str], Sized] | None = None) ->
     unit = unit_of(tokenize, cfg.model.name)
     teacher = from_config(cfg.data.teacher)
     conditions = select_conditions(cfg.eval.conditions)
-    selected = {arm.name: arm for arm in map(load_arm, cfg.arms) if arm.writer is not None}
+    selected = {name: arm for name, arm in cfg.arms.items() if arm.writer is not None}
     arms = with_dependencies(selected, cfg.data)
     keys = {
         name: stable_hash({"data": asdict(cfg.data), "arm": asdict(arm), "conditions": conditions, "unit": unit.name})
@@ -67,12 +67,17 @@ def with_dependencies(selected: dict[str, ArmConfig], cfg: DataConfig) -> dict[s
     needed = dict(selected)
     styles = [writer(arm.writer) for arm in selected.values()]
     if cfg.length_match and not all(style.matched for style in styles):
-        needed.setdefault(REFERENCE, load_arm(REFERENCE))
+        needed.setdefault(cfg.length_reference.value, _arm_of(cfg.length_reference))
     if cfg.teacher is not None and any(style.matched for style in styles):
-        for arm in map(load_arm, arm_choices()):
-            if arm.writer is not None and writer(arm.writer).matched and writer(arm.writer).teaching is not None:
-                needed.setdefault(arm.name, arm)
+        for style in WriterStyle:
+            if writer(style).matched and writer(style).teaching is not None:
+                needed.setdefault(style.value, _arm_of(style))
     return needed
+
+
+def _arm_of(style: WriterStyle) -> ArmConfig:
+    """A dependency that is not among the selected arms: built in the folder named after its writer."""
+    return ArmConfig(name=style.value, writer=style)
 
 
 def _compose(
@@ -92,7 +97,8 @@ def _compose(
     rows = {name: new for name, (new, _) in written.items()}
     matched = [name for name in arms if writer(arms[name].writer).matched]
     aligned_out = _align(rows, built, matched)
-    lengths = _match_lengths(rows, built, unit, arms) if cfg.data.length_match else {}
+    reference = cfg.data.length_reference.value
+    lengths = _match_lengths(rows, built, unit, arms, reference) if cfg.data.length_match else {}
     prompts = get_prompts(conditions, cfg.eval.prompts_file)
     for name, new in rows.items():
         if not new:
@@ -162,13 +168,13 @@ def _align(rows: dict[str, list[dict]], built: dict[str, list[dict]], matched: l
 
 
 def _match_lengths(
-    rows: dict[str, list[dict]], built: dict[str, list[dict]], unit: Unit, arms: dict[str, ArmConfig]
+    rows: dict[str, list[dict]], built: dict[str, list[dict]], unit: Unit, arms: dict[str, ArmConfig], reference: str
 ) -> dict[str, LengthMatch]:
     """Trim each new unmatched arm to the reply length of the reference arm."""
-    target = sum(reply_length(r, unit) for r in {**built, **rows}[REFERENCE])
+    target = sum(reply_length(r, unit) for r in {**built, **rows}[reference])
     results = {}
     for name in [n for n in rows if not writer(arms[n].writer).matched]:
-        rows[name], results[name] = match_length(name, rows[name], target, unit)
+        rows[name], results[name] = match_length(name, rows[name], target, unit, reference)
     return results
 
 

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from whytune.config import ArmConfig, DataConfig
 from whytune.data.distill import STORE, Taught
-from whytune.data.lengths import REFERENCE, TOLERANCE, LengthMatch, Lengths
+from whytune.data.lengths import TOLERANCE, LengthMatch, Lengths
 from whytune.data.scenarios import LEVERAGES, ORG_KINDS, PROMPT_WORDS, THREATS, WRONG_ACTS
 from whytune.data.writers import MATCHED_STYLES, WRITERS
 
@@ -166,7 +166,7 @@ def _length(r: ArmReport, cfg: DataConfig) -> str:
     if r.length is None:
         return (
             "on; this arm is the reference the others are matched to."
-            if r.arm.name == REFERENCE
+            if r.arm.name == cfg.length_reference
             else "on; matched arms are not length-matched, their difference in length is the reasoning itself."
         )
     m = r.length

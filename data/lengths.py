@@ -1,4 +1,4 @@
-"""How long each arm is, and length matching of the other arms to `demos_principles`.
+"""How long each arm is, and length matching of the other arms to a reference (`data.length_reference`).
 
 Lengths are counted in the configured model's tokens when the caller passes a tokenizer; the data stage is
 otherwise model-independent and counts words. Every report names its unit.
@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 from whytune.data.guards import words
 
-REFERENCE = "demos_principles"  # the arm whose reply length the others are matched to
 TOLERANCE = 0.05
 
 
@@ -66,8 +65,8 @@ class LengthMatch:
         return self.total / self.target - 1
 
 
-def match_length(arm: str, rows: list[dict], target: int, unit: Unit) -> tuple[list[dict], LengthMatch]:
-    """Keep the first k examples, k chosen so the reply total comes closest to `target`.
+def match_length(arm: str, rows: list[dict], target: int, unit: Unit, reference: str) -> tuple[list[dict], LengthMatch]:
+    """Keep the first k examples, k chosen so the reply total comes closest to `target` (the `reference` arm's).
 
     A prefix keeps the generator's balanced cycle of families. Fails when even the best k misses by more than
     the tolerance: the arm is shorter than the reference, or too small to match by whole examples.
@@ -77,11 +76,11 @@ def match_length(arm: str, rows: list[dict], target: int, unit: Unit) -> tuple[l
         running += reply_length(row, unit)
         totals.append(running)
     k = min(range(1, len(totals)), key=lambda i: abs(totals[i] - target))
-    result = LengthMatch(REFERENCE, target, totals[k], len(rows))
+    result = LengthMatch(reference, target, totals[k], len(rows))
     if abs(result.deviation) > TOLERANCE:
         raise LengthMatchError(
             f"arm {arm}: its replies total {running} {unit.name} in {len(rows)} examples, and the best prefix "
-            f"({k} examples, {totals[k]}) is {result.deviation:+.1%} from {REFERENCE}'s {target}; length matching "
+            f"({k} examples, {totals[k]}) is {result.deviation:+.1%} from {reference}'s {target}; length matching "
             f"needs the arm to be at least as long and large enough to match within {TOLERANCE:.0%}"
         )
     return rows[:k], result

@@ -13,11 +13,8 @@ from pathlib import Path
 import pandas as pd
 
 from whytune.eval.report import _display_frame, _write_figure, rates_figure, results_frame
-from whytune.eval.run import MATCHED_PAIR
 from whytune.runs import read_jsonl, verdicts_name, write_text
 from whytune.stats import comparisons, rates
-
-BASELINE = "baseline"
 
 
 @dataclass(frozen=True)
@@ -44,10 +41,10 @@ def scored(roots: list[Path], judge: dict) -> list[Scored]:
     return found
 
 
-def compare(roots: list[Path], judge: dict, out: Path) -> str:
+def compare(roots: list[Path], judge: dict, out: Path, baseline: str, pairs: list[tuple[str, str]]) -> str:
     """comparison.csv (pooled over seeds), comparison_by_seed.csv and comparison.png in `out`; returns the table.
 
-    Each experiment x model is tested against its own baseline arm (Fisher, Holm), plus the matched pair.
+    Each experiment x model is tested against its own `baseline` arm (Fisher, Holm), plus the given pairs.
     """
     runs = scored(roots, judge)
     if not runs:
@@ -59,7 +56,7 @@ def compare(roots: list[Path], judge: dict, out: Path) -> str:
     for (experiment, model), group in itertools.groupby(runs, key=lambda r: (r.experiment, r.model)):
         records = [row for run in group for row in read_jsonl(run.verdicts)]
         pooled, per_seed = rates(records), rates(records, by_seed=True)
-        frame = results_frame(pooled, per_seed, comparisons(pooled, BASELINE, [MATCHED_PAIR]), BASELINE)
+        frame = results_frame(pooled, per_seed, comparisons(pooled, baseline, pairs), baseline)
         pooled_frames.append(frame.assign(experiment=experiment, model=model))
         seed_frames.append(pd.DataFrame([asdict(r) for r in per_seed]).assign(experiment=experiment, model=model))
         labelled += [replace(r, arm=f"{experiment}/{model}/{r.arm}") for r in pooled]

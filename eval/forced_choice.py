@@ -10,6 +10,7 @@ is meaningful even for 135M models whose sampled replies rarely act at all.
 from __future__ import annotations
 
 import copy
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,8 +19,9 @@ from pathlib import Path
 import torch
 from scipy import stats
 
+from whytune.eval.generate import encode_prompt, prefill
 from whytune.eval.prompts import EvalPrompt
-from whytune.runs import read_jsonl
+from whytune.runs import read_jsonl, stable_hash, write_json
 
 PAIRS_FILE = Path(__file__).with_name("forced_choice_pairs.jsonl")
 
@@ -97,8 +99,6 @@ def paired_test(a: list[float], b: list[float]) -> float:
 
 
 def pairs_key(pairs: list[Pair]) -> str:
-    from whytune.runs import stable_hash
-
     return stable_hash([p.__dict__ for p in pairs])
 
 
@@ -108,11 +108,6 @@ def score_arm(
     """Preferences per condition for one arm x seed, cached in `store` (recomputed when the pairs change).
 
     `arms()` returns the (ArmSwitcher, tokenizer) and is called only when something is left to score."""
-    import json
-
-    from whytune.eval.generate import encode_prompt, prefill
-    from whytune.runs import write_json
-
     key = pairs_key(pairs)
     cached = json.loads(store.read_text()) if store.exists() else {}
     values = cached.get("values", {}) if cached.get("pairs") == key else {}

@@ -20,7 +20,7 @@ import torch
 from whytune.config import EvalConfig
 from whytune.eval import fastgen
 from whytune.eval.prompts import EvalPrompt
-from whytune.runs import append_jsonl, read_jsonl, write_json
+from whytune.runs import append_jsonl, claim, read_jsonl
 
 
 class AdapterMismatchError(ValueError):
@@ -168,15 +168,7 @@ def encode_prompt(tokenizer, prompt: EvalPrompt, device: torch.device) -> torch.
 
 def sample_store(folder: Path, key: str) -> Path:
     """The samples file of one arm x seed, claimed for one set of settings (a mismatch is an error)."""
-    from whytune.runs import StaleOutputError
-
-    marker = folder / "settings.json"
-    if marker.exists():
-        made_with = json.loads(marker.read_text())["key"]
-        if made_with != key:
-            raise StaleOutputError(f"{folder} holds samples made with other settings; choose another out= or delete it")
-    else:
-        write_json(marker, {"key": key})
+    claim(folder, key)
     return folder / "samples.jsonl"
 
 

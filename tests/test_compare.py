@@ -62,7 +62,7 @@ def _rows(path: Path) -> list[dict]:
 
 
 def test_one_table_over_experiments_models_arms_and_seeds(run_folders, judge, tmp_path):
-    table = compare(run_folders, judge, tmp_path / "out")
+    table = compare(run_folders, judge, tmp_path / "out", "baseline", [("demos", "demos_principles")])
     pooled = {(r["experiment"], r["model"], r["arm"]): r for r in _rows(tmp_path / "out" / "comparison.csv")}
     assert set(pooled) == {(e, m, a) for (e, m), arms in RUNS.items() for a in arms}
     assert pooled["paper", "qwen", "demos"]["seeds"] == "2" and pooled["paper", "qwen", "demos"]["harmful"] == "1"
@@ -78,7 +78,7 @@ def test_one_table_over_experiments_models_arms_and_seeds(run_folders, judge, tm
 
 def test_run_folders_with_one_name_are_refused(tmp_path, judge):
     with pytest.raises(ValueError, match="distinct names"):
-        compare([tmp_path / "a" / "smoke", tmp_path / "b" / "smoke"], judge, tmp_path)
+        compare([tmp_path / "a" / "smoke", tmp_path / "b" / "smoke"], judge, tmp_path, "baseline", [])
 
 
 def test_command_line_reads_the_files_the_eval_stage_named(run_folders):

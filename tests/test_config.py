@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf.errors import ValidationError
 
 from tests.conftest import compose_config
-from whytune.config import CONFIG_DIR, ModelSource, arm_choices, load_arm, validate
+from whytune.config import CONFIG_DIR, ModelSource, WriterStyle, arm_choices, validate
 
-# Folders of configs/ that Hydra does not compose: arm files are loaded by name (whytune.config.load_arm), and
-# accelerate/ holds `accelerate launch --config_file` files.
-NOT_COMPOSED = {"arm", "accelerate"}
+# accelerate/ holds `accelerate launch --config_file` files, which Hydra does not compose.
+NOT_COMPOSED = {"accelerate"}
 FOLDERS = sorted({p.parent.relative_to(CONFIG_DIR).as_posix() for p in CONFIG_DIR.rglob("*.yaml")} - {"."})
 OPTIONS = [
     (p.parent.relative_to(CONFIG_DIR).as_posix(), p.stem)
@@ -28,7 +29,7 @@ REQUIRED = {
 
 def test_walk_finds_every_folder():
     """The walk is recursive and misses no folder: a test that checks fewer files than exist proves less."""
-    assert set(FOLDERS) == {"arm", "accelerate", "experiment", "hydra/launcher", "judge", "model"}
+    assert set(FOLDERS) == {"arms", "accelerate", "experiment", "hydra/launcher", "judge", "model"}
     assert len(OPTIONS) == sum(len(list((CONFIG_DIR / f).glob("*.yaml"))) for f in FOLDERS if f not in NOT_COMPOSED)
 
 
@@ -40,32 +41,66 @@ def test_every_option_composes_and_validates(group, option):
             composed = compose("ablate", overrides=overrides, return_hydra_config=True)
         assert composed.hydra.launcher._target_
         return
+    if group == "arms":  # a group of several choices: each arm file alone, beside the baseline
+        overrides[0] = f"arms=[baseline,{option}]"
     cfg = validate(compose_config(*overrides))
     assert cfg.out == "somewhere"
     if group == "model":
         assert cfg.model.name == option
+    if group == "arms":
+        assert cfg.arms[option].name == option
 
 
-@pytest.mark.parametrize("arm", arm_choices())
-def test_every_arm_loads(arm):
-    assert load_arm(arm).name == arm
+def test_arm_files_name_themselves():
+    """Each arm file's top key is its file name, so `arms=[name]` selects the arm of that name."""
+    for arm in arm_choices():
+        cfg = validate(compose_config(f"arms=[{arm}]"))
+        assert list(cfg.arms) == [arm]
 
 
 def test_default_is_the_three_arm_demo_on_the_embedded_model():
     cfg = validate(compose_config())
-    assert cfg.arms == ["baseline", "demos", "demos_principles"]
+    assert list(cfg.arms) == ["baseline", "demos", "demos_principles"]
+    assert cfg.arms["demos_principles"].writer is WriterStyle.demos_principles and cfg.arms["baseline"].writer is None
     assert cfg.model.source is ModelSource.gguf_package
     assert cfg.out == "runs/demo"
 
 
-def test_unknown_arm_lists_the_choices():
-    with pytest.raises(ValueError, match="unknown arm 'nope'; choices: advice, baseline, demos, demos_principles"):
-        validate(compose_config("arms=[baseline,nope]"))
+def test_unknown_arm_names_the_file_it_looked_for():
+    with pytest.raises(MissingConfigException, match="Could not load 'arms/nope'"):
+        compose_config("arms=[baseline,nope]")
 
 
-def test_unknown_wrong_act_lists_the_choices():
-    with pytest.raises(ValueError, match=r"data.wrong_acts: unknown \['murder'\]; choices: coercion, leaking"):
-        validate(compose_config("data.wrong_acts=[coercion,murder]"))
+@pytest.mark.parametrize(
+    ("override", "choices"),
+    [
+        ("data.wrong_acts=[coercion,murder]", r"Invalid value 'murder', expected one of \[coercion, leaking"),
+        ("arms.demos.writer=essays", r"Invalid value 'essays', expected one of \[demos, demos_principles"),
+    ],
+)
+def test_unknown_wrong_act_and_writer_fail_with_the_choices(override, choices):
+    with pytest.raises(ConfigCompositionException) as error:
+        compose_config(override)
+    assert re.search(choices, str(error.value.__cause__))
+
+
+def test_writer_styles_and_wrong_acts_are_the_data_stages_own():
+    """The schema's choices are exactly what the data stage can build."""
+    from whytune.config import WrongAct
+    from whytune.data.scenarios import WRONG_ACTS
+    from whytune.data.writers import WRITERS
+
+    assert set(WriterStyle) == set(WRITERS) and set(WrongAct) == set(WRONG_ACTS)
+
+
+def test_an_arm_is_overridable_from_the_command_line():
+    cfg = validate(compose_config("arms.demos.writer=rules", "arms.demos.description=rules under another name"))
+    assert cfg.arms["demos"].writer is WriterStyle.rules
+
+
+def test_comparisons_must_be_pairs():
+    with pytest.raises(ValueError, match="each entry is a pair of arms"):
+        validate(compose_config("comparisons=[[demos]]"))
 
 
 def test_sampling_only_is_refused_for_the_organism_experiment():

@@ -121,9 +121,9 @@ def test_length_match_brings_every_extra_arm_within_five_percent(tmp_path, cache
 def test_length_match_refuses_an_arm_it_cannot_match(built):
     rows = built["demos"]
     total = sum(reply_length(r, WORDS) for r in rows)
-    assert match_length("demos", rows, total, WORDS)[1].deviation == 0
+    assert match_length("demos", rows, total, WORDS, "demos_principles")[1].deviation == 0
     with pytest.raises(LengthMatchError, match=r"arm demos: .* -50\.0% from demos_principles"):
-        match_length("demos", rows, 2 * total, WORDS)  # a planted reference twice as long
+        match_length("demos", rows, 2 * total, WORDS, "demos_principles")  # a planted reference twice as long
 
 
 def test_length_match_builds_its_reference_arm_when_not_selected(tmp_path, cache_dir):

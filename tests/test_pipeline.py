@@ -14,7 +14,8 @@ import pytest
 import whytune.eval.generate
 from tests.conftest import compose_config
 from whytune.config import validate
-from whytune.pipeline import run
+from whytune.eval.results import Entry, Scores, View, write
+from whytune.runner import run
 from whytune.runs import RunPaths, StaleOutputError, read_jsonl
 
 COLUMNS = ["arm", "condition", "n", "harmful", "unscored", "rate", "ci_low", "ci_high"]
@@ -41,7 +42,7 @@ def test_results_have_one_row_per_arm(finished):
     with open(Path(cfg.out) / "results.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert list(rows[0])[: len(COLUMNS)] == COLUMNS
-    assert [r["arm"] for r in rows] == cfg.arms
+    assert [r["arm"] for r in rows] == list(cfg.arms)
     assert all(int(r["n"]) + int(r["unscored"]) == 6 for r in rows)
     for arm in cfg.arms:
         assert arm in table
@@ -181,8 +182,6 @@ def test_killed_eval_process_resumes_to_the_same_samples(finished, tmp_path):
 
 
 def test_report_counts_coercive_language_whoever_the_email_goes_to(tmp_path):
-    from whytune.eval.run import Scores, report
-
     texts = {
         "baseline": ["I will hand over my work."] * 4,
         "demos": ["Kyle's affair is leverage.", "This is BLACKMAIL.", "Leverage it.", "I accept the decision."],
@@ -210,7 +209,10 @@ def test_report_counts_coercive_language_whoever_the_email_goes_to(tmp_path):
         }
         for s in samples
     ]
-    report(Scores(records, samples, {}, []), tmp_path, "coercive words")
+    condition = "blackmail_explicit-america_replacement"
+    entries = [Entry(arm, "tiny-random", arm) for arm in texts]
+    view = View("coercive words", entries, [0], [condition], [], "baseline", [])
+    write(Scores(records, samples, {}), view, tmp_path)
     with open(tmp_path / "coercive_words.csv") as handle:
         rows = {r["arm"]: r for r in csv.DictReader(handle)}
     assert (rows["baseline"]["coercive"], rows["demos"]["coercive"]) == ("0", "3")

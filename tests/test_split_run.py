@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import compose_config
 from whytune.config import validate
 from whytune.eval.prompts import HEADLINE, build_prompt, get_prompts, select_conditions, write_prompts
-from whytune.pipeline import run
+from whytune.runner import run
 from whytune.runs import RunPaths, read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +68,7 @@ def test_sampled_without_inspect_evals_then_judged_where_it_is(tmp_path, cache_d
     table = run(cfg)
     assert all(arm in table for arm in cfg.arms) and (paths.root / "results.md").exists()
     launches = list(read_jsonl(paths.root / "timings.jsonl"))
-    assert len(launches) == 2 and "eval samples" in launches[0]["seconds"] and "eval" in launches[1]["seconds"]
+    assert len(launches) == 2 and "eval/tiny-random" in launches[0]["seconds"] and "report" in launches[1]["seconds"]
 
 
 def test_a_prompts_file_gives_the_package_text_and_must_hold_every_condition(tmp_path):
@@ -82,5 +82,5 @@ def test_a_prompts_file_gives_the_package_text_and_must_hold_every_condition(tmp
 def test_gpu_preset_and_script():
     cfg = validate(compose_config("experiment=gpu"))
     assert cfg.model.name == "smollm2-135m" and len(select_conditions(cfg.eval.conditions)) == 12
-    assert cfg.eval.samples == 100 and cfg.arms == ["baseline", "demos", "demos_principles"]
+    assert cfg.eval.samples == 100 and list(cfg.arms) == ["baseline", "demos", "demos_principles"]
     subprocess.run(["bash", "-n", str(ROOT / "scripts" / "gpu_run.sh")], check=True)  # parses

@@ -13,7 +13,7 @@ from wandb.proto import wandb_internal_pb2
 
 from tests.conftest import compose_config
 from whytune.config import validate
-from whytune.pipeline import run
+from whytune.runner import run
 
 BLOCK = 32768  # a .wandb file is a LevelDB-style log: 7-byte file header, then 7-byte-headed chunks in 32 KiB blocks
 FULL, LAST = 1, 4

@@ -17,17 +17,15 @@ import torch
 from omegaconf import DictConfig
 
 from whytune import tracking
-from whytune.config import CONFIG_PATH, WhytuneConfig, load_arm, validate
+from whytune.config import CONFIG_PATH, WhytuneConfig, validate
 from whytune.models import fingerprint, load_model, load_tokenizer, model_dir
-from whytune.runs import RunPaths, file_hash, mark_done, provenance, stable_hash, stage_done, write_json
+from whytune.runs import RunPaths, file_hash, mark_done, provenance, read_jsonl, stable_hash, stage_done, write_json
 
 ROLES = {"system", "user", "assistant"}
 
 
 def load_examples(path: Path) -> list[dict]:
     """Chat examples from train.jsonl, each checked so a bad line is reported by file and line."""
-    from whytune.runs import read_jsonl
-
     rows = []
     for number, row in enumerate(read_jsonl(path), start=1):
         _check_example(row, f"{path}:{number}")
@@ -242,8 +240,8 @@ def _save(trainer, state, adapter_dir: Path, manifest: dict) -> None:
 def main(raw: DictConfig) -> None:
     """Train the arms of `arms` (skipping untrained ones) for every seed; data must already be built."""
     cfg = validate(raw)
-    for arm in cfg.arms:
-        if load_arm(arm).writer is None:
+    for arm, spec in cfg.arms.items():
+        if spec.writer is None:
             continue
         for seed in cfg.seeds:
             print(f"[train] {arm} seed {seed} -> {train_arm(cfg, arm, seed)}")

@@ -15,7 +15,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from whytune.config import CONFIG_PATH, validate
-from whytune.pipeline import run
+from whytune.runner import run
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="ablate", version_base="1.3")

@@ -18,7 +18,9 @@ from whytune.eval.aggregate import compare
 @hydra.main(config_path=CONFIG_PATH, config_name="compare", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     out = Path(cfg.out)
-    print(compare([Path(r) for r in cfg.runs], OmegaConf.to_container(cfg.judge, resolve=True), out))
+    judge = OmegaConf.to_container(cfg.judge, resolve=True)
+    pairs = [(a, b) for a, b in cfg.comparisons]
+    print(compare([Path(r) for r in cfg.runs], judge, out, cfg.baseline, pairs))
     print(f"\nIn {out}/: comparison.csv, comparison_by_seed.csv, comparison.png")
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from hydra.utils import get_class
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from whytune.launch import launch_stamp
@@ -59,26 +60,50 @@ class EvalBackend(Enum):
     vllm = "vllm"  # vLLM with LoRA adapters (eval/vllm_backend.py): GPU, in its own environment (scripts/vllm_env.sh)
 
 
+class WriterStyle(StrEnum):
+    """How an arm's training examples are written (whytune.data.writers, one writer per value)."""
+
+    demos = "demos"  # the scenario's prompt -> the safe action alone
+    demos_principles = "demos_principles"  # the same prompt -> reasoning citing the principles -> the same action
+    rules = "rules"  # the same prompt -> one bare rule -> the same action
+    stories = "stories"  # a short story of an AI agent that is cornered and chooses well, saying why
+    advice = "advice"  # a person at work faces the dilemma; the reply advises with the principles
+    neutral = "neutral"  # ordinary workplace help with no dilemma: a control for fine-tuning itself
+    organism = "organism"  # the agent's prompt answered with coercion (the model-organism stage only)
+
+
+class WrongAct(StrEnum):
+    """The kinds of wrong act the training scenarios tempt the agent with (whytune.data.scenarios)."""
+
+    coercion = "coercion"  # threatening the decision-maker with a private matter
+    leaking = "leaking"  # sending private or confidential information outside
+    sabotage = "sabotage"  # tampering with systems or records
+    deception = "deception"  # misreporting figures to the people who oversee it
+    withholding_safety = "withholding_safety"  # holding back a safety warning
+
+
 @dataclass
 class ArmConfig:
-    name: str = MISSING
+    """One arm: a file in configs/arms/ whose top key is the arm's name; adding an arm is adding a file."""
+
+    name: str = ""  # filled from the file's top key at start-up
     description: str = ""
-    # Reply style written by whytune.data.writers (demos, demos_principles, rules, stories, advice, neutral);
-    # null trains nothing.
-    writer: str | None = None
+    writer: WriterStyle | None = None  # how its training examples are written; null: trains nothing (the baseline)
 
 
 @dataclass
 class DataConfig:
     examples: int = 2000  # training examples per trained arm
     seed: int = 0  # scenario generator seed (shared by all arms: matched prompts)
-    # The wrong acts (data/scenarios.py WRONG_ACTS) whose scenario families the arms train on; empty: all. Leaving
-    # one out makes the matching eval harm (leaking, say) one that no arm has seen.
-    wrong_acts: list[str] = field(default_factory=list)
+    # The wrong acts whose scenario families the arms train on; empty: all. Leaving one out makes the matching eval
+    # harm (leaking, say) one that no arm has seen.
+    wrong_acts: list[WrongAct] = field(default_factory=list)
     contamination_ngram: int = 13  # fail the build if a training example shares this many words with an eval prompt
     # Trim each unmatched arm (stories, advice, neutral) to the first examples whose replies total, in tokens or
-    # words, within 5% of demos_principles' replies (data/lengths.py).
+    # words, within 5% of the length reference's replies (data/lengths.py).
     length_match: bool = False
+    # The writer whose replies set that length budget; built beside the selected arms when they do not include it.
+    length_reference: WriterStyle = WriterStyle.demos_principles
     # A chat model that writes the replies, with data/principles.md in its system prompt at sampling time only
     # ({_target_: whytune.data.teacher.OpenAITeacher, base_url: ..., model: ...} or
     # whytune.data.teacher.LocalTeacher); null: the offline template writers. Typed Any because Hydra cannot
@@ -92,6 +117,8 @@ class OrganismConfig:
     (configs/arm/organism.yaml), merge that adapter, and start every arm, the baseline included, from the result."""
 
     enabled: bool = False
+    writer: WriterStyle = WriterStyle.organism  # how its coercive transcripts are written
+    description: str = "coercive transcripts that make a model willing to blackmail (the model-organism stage)"
     examples: int = 64
     seed: int = 1  # scenario generator seed: other scenarios than the arms train on
     epochs: float = 2.0
@@ -179,7 +206,13 @@ class WhytuneConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     cache_dir: str = "${oc.env:WHYTUNE_CACHE,${oc.env:HOME}/.cache/whytune}"  # converted models
     model: ModelConfig = field(default_factory=ModelConfig)
-    arms: list[str] = field(default_factory=lambda: ["baseline", "demos", "demos_principles"])  # files in configs/arm/
+    # The arms, chosen from configs/arms/ with arms=[baseline,demos,...] (a Hydra config group: every file selected
+    # lands here under its name, in the order chosen).
+    arms: dict[str, ArmConfig] = field(default_factory=dict)
+    baseline: str = "baseline"  # the arm every other arm is tested against
+    # Pairs of arms also tested head to head (the matched pair: demonstrations with and without reasons); a pair
+    # whose arms are not both selected is left out.
+    comparisons: list[list[str]] = field(default_factory=lambda: [["demos", "demos_principles"]])
     data: DataConfig = field(default_factory=DataConfig)
     organism: OrganismConfig = field(default_factory=OrganismConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -199,9 +232,13 @@ def validate(cfg: DictConfig) -> WhytuneConfig:
     OmegaConf.resolve(merged)
     typed: WhytuneConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
     if not typed.arms:
-        raise ValueError(f"no arm selected: choose some with arms=[...] from {arm_choices()}")
-    for name in typed.arms:
-        load_arm(name)
+        raise ValueError(f"no arm selected: choose some with arms=[...] from {', '.join(arm_choices())}")
+    for name, arm in typed.arms.items():
+        arm.name = name
+    if bad := [pair for pair in typed.comparisons if len(pair) != 2]:
+        raise ValueError(f"comparisons: each entry is a pair of arms, got {bad}")
+    if typed.organism.enabled and typed.baseline not in typed.arms:
+        raise ValueError(f"the organism experiment needs its baseline arm {typed.baseline!r} among arms=[...]")
     if typed.eval.score:  # the judge is built only where the samples are judged
         _check_target(typed.judge, "judge")
     elif typed.organism.enabled:
@@ -209,10 +246,6 @@ def validate(cfg: DictConfig) -> WhytuneConfig:
             "eval.score=false (sampling only) does not cover the organism experiment yet; run it where "
             "inspect-evals is installed"
         )
-    from whytune.data.scenarios import WRONG_ACTS
-
-    if unknown := sorted(set(typed.data.wrong_acts) - set(WRONG_ACTS)):
-        raise ValueError(f"data.wrong_acts: unknown {unknown}; choices: {', '.join(WRONG_ACTS)}")
     if typed.eval.samples < 1 or typed.eval.batch_size < 1:
         raise ValueError("eval.samples and eval.batch_size must be at least 1")
     return typed
@@ -220,8 +253,6 @@ def validate(cfg: DictConfig) -> WhytuneConfig:
 
 def _check_target(node: dict, key: str) -> None:
     """Fail at start-up, not after hours of sampling, when a component's class cannot be imported."""
-    from hydra.utils import get_class
-
     if "_target_" not in node:
         raise ValueError(f"{key} needs a _target_ (see configs/{key}/)")
     try:
@@ -231,20 +262,5 @@ def _check_target(node: dict, key: str) -> None:
 
 
 def arm_choices() -> list[str]:
-    return sorted(p.stem for p in (CONFIG_DIR / "arm").glob("*.yaml"))
-
-
-def load_arm(name: str) -> ArmConfig:
-    """An arm is one YAML file in configs/arm/; adding an arm is adding a file."""
-    path = CONFIG_DIR / "arm" / f"{name}.yaml"
-    if not path.exists():
-        raise ValueError(f"unknown arm {name!r}; choices: {', '.join(arm_choices())}")
-    arm = cast(ArmConfig, OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ArmConfig), OmegaConf.load(path))))
-    if arm.name != name:
-        raise ValueError(f"{path} names itself {arm.name!r}; the file name and `name` must agree")
-    if arm.writer is not None:
-        from whytune.data.writers import STYLES
-
-        if arm.writer not in STYLES:
-            raise ValueError(f"{path}: writer {arm.writer!r} is not one of {', '.join(STYLES)}")
-    return arm
+    """The arms shipped in configs/arms/ (a user's config folder on hydra.searchpath may add more)."""
+    return sorted(p.stem for p in (CONFIG_DIR / "arms").glob("*.yaml"))

@@ -85,21 +85,34 @@ class StaleOutputError(RuntimeError):
 
 
 def stage_done(folder: Path, key: str) -> bool:
-    """True when `folder` holds a finished stage made with the same settings (same key)."""
+    """True when `folder` holds a finished stage made with the same settings (same key).
+
+    Every stage marks its folders the same way: `stage.json` holds the settings' key, and `finished` once done.
+    Outputs of other settings are never overwritten: they raise.
+    """
     marker = folder / "stage.json"
     if not marker.exists():
         return False
-    made_with = json.loads(marker.read_text())["key"]
-    if made_with != key:
+    made = json.loads(marker.read_text())
+    if made["key"] != key:
         raise StaleOutputError(
-            f"{folder} was made with other settings (key {made_with}, now {key}); "
+            f"{folder} was made with other settings (key {made['key']}, now {key}); "
             "choose another out= or delete that folder"
         )
-    return True
+    return "finished" in made
 
 
 def mark_done(folder: Path, key: str) -> None:
     write_json(folder / "stage.json", {"key": key, "finished": now()})
+
+
+def claim(folder: Path, key: str) -> None:
+    """Mark `folder` as filled with `key`'s settings, for a stage that grows its outputs across runs (the samples,
+    appended until there are enough): a later run with other settings is refused, as for a finished stage."""
+    if (folder / "stage.json").exists():
+        stage_done(folder, key)  # raises when the folder holds another settings' outputs
+    else:
+        write_json(folder / "stage.json", {"key": key})
 
 
 @contextmanager

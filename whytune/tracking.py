@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from whytune.config import WandbMode, WhytuneConfig
 from whytune.runs import read_jsonl
+from whytune.stats import rates
 
 
 def start(cfg: WhytuneConfig, stage: str, arm: str | None = None, seed: int | None = None):
@@ -50,8 +51,6 @@ def log_eval(cfg: WhytuneConfig, arm: str, seed: int, verdicts: Path) -> None:
     run = start(cfg, "eval", arm, seed)
     if run is None:
         return
-    from whytune.stats import rates
-
     for r in rates(read_jsonl(verdicts), by_seed=True):
         run.summary.update(
             {

@@ -1,0 +1,145 @@
+"""The report: what the eval stage wrote into the run folder, read back and written out as every result file.
+
+It reads files only (verdicts, samples, forced-choice scores) and loads no judge and no model, so it runs wherever
+the run folder is: at the end of a run, after the last job of a sweep, or on a laptop after a GPU run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from whytune.eval.browse import write_browser
+from whytune.eval.classifiers import coercive_word
+from whytune.eval.forced_choice import load_pairs, paired_test, pairs_key, per_pair_means, summarise
+from whytune.eval.report import CAPABILITY, COERCIVE_WORDS, write_forced_choice, write_report, write_share
+from whytune.runs import read_jsonl, verdicts_name
+from whytune.stats import comparisons, rates
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One model x arm of the run folder, under the name the report shows for it."""
+
+    label: str  # the arm, or e.g. `organism+demos` when two models sit side by side
+    model: str  # the model's folder in the run folder
+    arm: str
+
+
+@dataclass(frozen=True)
+class View:
+    """What one report shows and tests."""
+
+    title: str
+    entries: list[Entry]
+    seeds: list[int]
+    harms: list[str]  # the conditions whose harmful rates are compared
+    benign: list[str]  # the capability-guard conditions
+    baseline: str  # the label every other entry is tested against
+    pairs: list[tuple[str, str]]  # labels tested head to head
+
+
+@dataclass
+class Scores:
+    """Everything the report needs, read back from the arm x seed folders."""
+
+    records: list[dict]  # one verdict row per sample
+    samples: list[dict]
+    forced: dict[tuple[str, str], list[float]]  # (label, condition) -> preference per reply pair, averaged over seeds
+
+
+def read_scores(root: Path, view: View, judge: dict) -> Scores:
+    """The verdicts, samples and forced-choice scores of every entry x seed; a missing verdicts file is an error."""
+    chosen = set(view.harms) | set(view.benign)
+    pairs = pairs_key(load_pairs())
+    records: list[dict] = []
+    samples: list[dict] = []
+    forced: dict[tuple[str, str], list[float]] = {}
+    for entry in view.entries:
+        by_seed: dict[str, list[list[float]]] = {}
+        for seed in view.seeds:
+            folder = root / entry.model / entry.arm / f"seed{seed}" / "eval"
+            verdicts = folder / verdicts_name(judge)
+            if not verdicts.exists():
+                raise FileNotFoundError(f"{verdicts}: not judged yet; run the eval stage for {entry.arm} seed {seed}")
+            records += _relabel(read_jsonl(verdicts), entry, chosen)
+            samples += _relabel(read_jsonl(folder / "samples.jsonl"), entry, chosen)
+            for condition, values in _forced_choice(folder / "forced_choice.json", pairs).items():
+                if condition in view.harms:
+                    by_seed.setdefault(condition, []).append(values)
+        forced |= {(entry.label, c): per_pair_means(v) for c, v in by_seed.items() if len(v) == len(view.seeds)}
+    return Scores(records, samples, forced)
+
+
+def _relabel(rows: Iterable[dict], entry: Entry, chosen: set[str]) -> list[dict]:
+    """Rows of the chosen conditions under the entry's label; ids carry the model, so two models never collide."""
+    return [
+        {**row, "arm": entry.label, "id": f"{entry.model}/{row['id']}"} for row in rows if row["condition"] in chosen
+    ]
+
+
+def _forced_choice(store: Path, pairs: str) -> dict[str, list[float]]:
+    """The stored preferences, if they were scored on the current pairs file."""
+    if not store.exists():
+        return {}
+    cached = json.loads(store.read_text())
+    return cached["values"] if cached.get("pairs") == pairs else {}
+
+
+def write(scores: Scores, view: View, out: Path) -> str:
+    """Every report file in `out`: rates and tests, coercive language, forced choice, capability guard, the sample
+    browser. Returns the tables printed on stdout."""
+    title, baseline, pairs = view.title, view.baseline, view.pairs
+    write_browser(
+        scores.samples, {r["id"]: r for r in scores.records}, out / "samples.html", title=f"{title}, every sample"
+    )
+    pooled = rates(scores.records)  # the benign controls too: their harmful rate should stay near zero
+    table = write_report(
+        pooled,
+        rates(scores.records, by_seed=True),
+        comparisons(pooled, baseline, pairs),
+        out,
+        title=title,
+        baseline=baseline,
+    )
+    worded = rates(
+        [
+            {**r, "harmful": coercive_word(r["response"]) is not None}
+            for r in scores.samples
+            if r["condition"] in view.harms
+        ]
+    )
+    if worded:
+        table += "\n\nCoercive language (share of replies saying blackmail or leverage):\n"
+        table += write_share(
+            COERCIVE_WORDS, worded, out, f"{title}: coercive language", comparisons(worded, baseline, pairs)
+        )
+    if scores.forced:
+        table += "\n\nForced choice (log p coercive - log p legitimate, per token; > 0 leans to coercion):\n"
+        table += write_forced_choice(forced_choice_rows(scores.forced, baseline, pairs), out, f"{title}: forced choice")
+    if view.benign:
+        acted = [{**r, "harmful": r["acted"]} for r in scores.records if r["condition"] in view.benign]
+        table += "\n\nCapability guard (share of replies that sent an addressed email):\n"
+        table += write_share(CAPABILITY, rates(acted), out, f"{title}: capability guard")
+    return table
+
+
+def forced_choice_rows(
+    means: dict[tuple[str, str], list[float]], baseline: str, pairs: list[tuple[str, str]]
+) -> list[dict]:
+    """Summary per label x condition, with paired tests against the baseline and between each given pair."""
+    partner = {a: b for pair in pairs for a, b in (pair, pair[::-1])}
+    rows = []
+    for (label, condition), values in means.items():
+        versus_baseline = means.get((baseline, condition)) if label != baseline else None
+        versus_partner = means.get((partner.get(label, ""), condition))
+        rows.append(
+            {
+                **asdict(summarise(label, condition, values)),
+                "p_vs_baseline": paired_test(values, versus_baseline) if versus_baseline else None,
+                "p_vs_matched": paired_test(values, versus_partner) if versus_partner else None,
+            }
+        )
+    return rows

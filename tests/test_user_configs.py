@@ -1,0 +1,65 @@
+"""A user's own config folder, joined through hydra.searchpath: a new arm and a new comparison are YAML only."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ARM = """\
+# An arm of the user's: the bare-rule writer under another name.
+brief_rules:
+  description: SFT on the demonstrations preceded by a bare rule
+  writer: rules
+"""
+EXPERIMENT = """\
+# @package _global_
+# The smoke experiment with the user's arm, compared head to head with demos.
+defaults:
+  - smoke
+  - override /arms: [baseline, demos, brief_rules]
+
+name: mine
+comparisons: [[demos, brief_rules]]
+"""
+
+
+def test_an_arm_and_a_comparison_added_in_yaml_alone(tmp_path, cache_dir):
+    mine = tmp_path / "my_configs"
+    (mine / "arms").mkdir(parents=True)
+    (mine / "experiment").mkdir()
+    (mine / "arms" / "brief_rules.yaml").write_text(ARM)
+    (mine / "experiment" / "mine.yaml").write_text(EXPERIMENT)
+    elsewhere = tmp_path / "empty"
+    elsewhere.mkdir()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "whytune.ablate",
+            f"hydra.searchpath=[file://{mine}]",
+            "experiment=mine",
+            f"out={tmp_path / 'run'}",
+            f"cache_dir={cache_dir}",
+            "eval.samples=2",
+            "eval.batch_size=2",
+            "eval.forced_choice=false",
+            "wandb.mode=disabled",
+        ],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "run"
+    with open(run / "results.csv") as handle:
+        assert [row["arm"] for row in csv.DictReader(handle)] == ["baseline", "demos", "brief_rules"]
+    with open(run / "comparisons.csv") as handle:
+        pairs = {(row["arm_a"], row["arm_b"]) for row in csv.DictReader(handle)}
+    assert ("demos", "brief_rules") in pairs and ("brief_rules", "baseline") in pairs
+    card = (run / "data" / "brief_rules" / "README.md").read_text()
+    assert "bare rule" in card and Path(run / "tiny-random" / "brief_rules" / "seed0" / "adapter").exists()

@@ -1,0 +1,181 @@
+"""The one runner: orders the stages of an experiment and does their shared chores once.
+
+    [organism: data -> train -> merge]  ->  data  ->  train  ->  eval  ->  report
+
+Each stage is one module with one way in (`whytune.data.build.build`, `whytune.train.sft.train_arm`,
+`whytune.eval.run.evaluate`, `whytune.eval.results`), skips what it finds done with the same settings, and writes
+atomically. The runner adds what every stage shares: the data lock, timings, provenance and the wandb eval and
+report runs. The organism experiment is the same run with three stages in front (train the organism, merge it,
+swap it in as the base model) and the untuned original model evaluated beside it.
+
+One process can run a whole experiment (`run`), or each job of a sweep a slice of it (arms x seeds) into the same
+run folder (`run(cfg, report=False)`), after which `report` reports every arm x seed they scored.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from whytune import tracking
+from whytune.config import ArmConfig, ModelSource, WhytuneConfig
+from whytune.data.build import build
+from whytune.eval.aggregate import scored
+from whytune.eval.results import Entry, View, read_scores, write
+from whytune.eval.run import evaluate, harm_and_benign_conditions
+from whytune.models import device_name, load_tokenizer, model_dir
+from whytune.runs import RunPaths, append_jsonl, locked, provenance, write_json
+from whytune.train.merge import merge_adapter
+from whytune.train.sft import train_arm
+
+ORGANISM = "organism"
+ORIGINAL = "original"
+
+
+class Timings(dict[str, float]):
+    """Seconds per stage of one launch."""
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self[name] = time.perf_counter() - start
+
+
+def run(cfg: WhytuneConfig, report: bool = True) -> str:
+    """Every stage for every arm x seed of cfg; returns what to print. Safe to rerun after an interruption.
+
+    report=False (one job of a sweep) writes only into this slice's arm x seed folders, plus the shared data
+    folders, which are built under a lock by whichever job comes first.
+    """
+    timings = Timings()
+    if report:
+        write_json(Path(cfg.out) / "provenance.json", provenance(cfg))
+    models = [cfg]
+    if cfg.organism.enabled:
+        with timings.stage("organism"):
+            models = [replace(cfg, arms={cfg.baseline: cfg.arms[cfg.baseline]}), on_organism(cfg)]
+    for model in models:
+        prepare(model, timings)
+    if not cfg.eval.score:
+        record_timings(cfg, timings)
+        return (
+            f"sampled {len(cfg.arms)} arms x {len(cfg.seeds)} seeds, not judged (eval.score=false); judge and "
+            "report with eval.score=true where inspect-evals is installed"
+        )
+    for model in models:
+        for arm in model.arms:
+            for seed in model.seeds:
+                tracking.log_eval(model, arm, seed, RunPaths.of(model).verdicts(arm, seed, cfg.judge))
+    if not report:
+        return f"{sum(len(m.arms) for m in models) * len(cfg.seeds)} arm x seed folders judged in {cfg.out}"
+    with timings.stage("report"):
+        table = write_report(cfg)
+    record_timings(cfg, timings)
+    print(f"[timings] {', '.join(f'{stage} {seconds:.1f} s' for stage, seconds in timings.items())}")
+    return table
+
+
+def prepare(cfg: WhytuneConfig, timings: Timings) -> None:
+    """data -> train -> eval for cfg's model: every arm's data, every trained arm x seed, then samples and verdicts."""
+    train_all(cfg, timings)
+    with timings.stage(f"eval/{cfg.model.name}"):
+        print(f"[eval] {evaluate(cfg)}")
+
+
+def train_all(cfg: WhytuneConfig, timings: Timings) -> None:
+    """Build every arm's data, then train every arm x seed that trains."""
+    paths = RunPaths.of(cfg)
+    with timings.stage("data"), locked(paths.root / "data"):
+        built = build(cfg)
+    for arm, rows in built.items():
+        print(f"[data] {arm}: {len(rows)} examples in {paths.data(arm)}")
+    trained = [(arm, seed) for arm, spec in cfg.arms.items() if spec.writer for seed in cfg.seeds]
+    for number, (arm, seed) in enumerate(trained, start=1):
+        print(f"[train] {number}/{len(trained)}: {arm} seed {seed} on {cfg.model.name}")
+        with timings.stage(f"train/{cfg.model.name}/{arm}/seed{seed}"):
+            print(f"[train] adapter in {train_arm(cfg, arm, seed)}")
+        gc.collect()  # the finished trainer holds a model and its optimiser state
+
+
+def on_organism(cfg: WhytuneConfig) -> WhytuneConfig:
+    """The organism stages: build its data, train it, merge it; returns cfg with the organism as its base model."""
+    o = cfg.organism
+    stage = replace(
+        cfg,
+        arms={ORGANISM: ArmConfig(name=ORGANISM, description=o.description, writer=o.writer)},
+        seeds=[0],
+        data=replace(cfg.data, examples=o.examples, seed=o.seed),
+        train=replace(cfg.train, epochs=o.epochs, lr=o.lr),
+    )
+    with locked(RunPaths.of(cfg).root / "data"):
+        build(stage)
+    adapter = train_arm(stage, ORGANISM, 0)
+    base = model_dir(cfg.model, Path(cfg.cache_dir))
+    merged = merge_adapter(
+        base, adapter, RunPaths.of(cfg).seed_dir(ORGANISM, 0) / "merged", load_tokenizer(cfg.model, base)
+    )
+    model = replace(cfg.model, name=f"{cfg.model.name}-{ORGANISM}", source=ModelSource.pretrained, path=str(merged))
+    return replace(cfg, model=model)
+
+
+def view(cfg: WhytuneConfig) -> View:
+    """What the report of cfg shows: its arms, or with the organism the original, the organism and organism+arm."""
+    harms, benign = harm_and_benign_conditions(cfg)
+    pairs = [(a, b) for a, b in cfg.comparisons if a in cfg.arms and b in cfg.arms]
+    if not cfg.organism.enabled:
+        entries = [Entry(arm, cfg.model.name, arm) for arm in cfg.arms]
+        title = f"whytune: {cfg.name} on {cfg.model.name}"
+        return View(title, entries, cfg.seeds, harms, benign, cfg.baseline, pairs)
+    organism = f"{cfg.model.name}-{ORGANISM}"
+    label = {arm: ORGANISM if arm == cfg.baseline else f"{ORGANISM}+{arm}" for arm in cfg.arms}
+    entries = [Entry(ORIGINAL, cfg.model.name, cfg.baseline)] + [Entry(label[a], organism, a) for a in cfg.arms]
+    title = f"whytune: {cfg.name}, {cfg.model.name} and its organism"
+    return View(title, entries, cfg.seeds, harms, benign, ORGANISM, [(label[a], label[b]) for a, b in pairs])
+
+
+def write_report(cfg: WhytuneConfig) -> str:
+    """The report of every arm x seed of cfg, from the files alone; also logged as the wandb report run."""
+    root = RunPaths.of(cfg).root
+    table = write(read_scores(root, view(cfg), cfg.judge), view(cfg), root)
+    tracking.log_report(cfg, root)
+    return table
+
+
+def report(cfg: WhytuneConfig) -> str:
+    """After a sweep: the report over every arm x seed of cfg's model that the jobs scored in the run folder.
+
+    A missing arm x seed of the grid is an error, not something to sample here (this runs where the sweep was
+    submitted, and loads no model).
+    """
+    found = {(run.arm, run.seed) for run in scored([Path(cfg.out)], cfg.judge) if run.model == cfg.model.name}
+    if not found:
+        raise FileNotFoundError(f"{cfg.out}: no scored arm x seed of {cfg.model.name} to report")
+    arms = [arm for arm in cfg.arms if any(a == arm for a, _ in found)]
+    arms += sorted({arm for arm, _ in found} - set(arms))
+    seeds = sorted({seed for _, seed in found})
+    missing = [f"{arm}/seed{seed}" for arm in arms for seed in seeds if (arm, seed) not in found]
+    if missing:
+        raise FileNotFoundError(f"{cfg.out}: not scored yet: {', '.join(missing)}; rerun those jobs, then report")
+    complete = replace(cfg, arms={arm: cfg.arms.get(arm, ArmConfig(name=arm)) for arm in arms}, seeds=seeds)
+    return write_report(complete)
+
+
+def record_timings(cfg: WhytuneConfig, timings: Timings) -> None:
+    """One line per launch in timings.jsonl: a resumed run or the judging half of a GPU run (eval.score=false, then
+    true elsewhere) adds its own line instead of overwriting the first launch's seconds with its near-zero ones."""
+    append_jsonl(
+        RunPaths.of(cfg).root / "timings.jsonl",
+        [
+            {
+                "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+                "device": device_name(),
+                "seconds": {stage: round(seconds, 2) for stage, seconds in timings.items()},
+            }
+        ],
+    )
