@@ -55,6 +55,7 @@ def test_prefix_cache_gives_the_same_greedy_text_as_plain_generate(smoke_cfg, ti
     assert len({text for text, _ in cached}) == 1 and cached[0][0]
 
 
+@pytest.mark.slow
 def test_embedded_model_stops_at_end_of_turn(cache_dir):
     """The real SmolLM2 (converted from its GGUF file) ends a short answer with <|im_end|>, well before the limit."""
     cfg = validate(compose_config("out=unused", f"cache_dir={cache_dir}"))
@@ -72,6 +73,7 @@ def test_embedded_model_stops_at_end_of_turn(cache_dir):
     assert "Paris" in replies[0][0]
 
 
+@pytest.mark.slow
 def test_converted_model_takes_its_special_tokens_from_the_gguf_file(cache_dir):
     """The file's metadata, not the transformers release's reading of it, sets eos (5.17 read <|im_start|>)."""
     cfg = validate(compose_config("out=unused", f"cache_dir={cache_dir}"))

@@ -16,13 +16,13 @@ brief_rules:
 """
 EXPERIMENT = """\
 # @package _global_
-# The smoke experiment with the user's arm, compared head to head with demos.
+# The smoke experiment with the user's arm, and a comparison of the user's (the reverse of the baseline test).
 defaults:
   - smoke
-  - override /arms: [baseline, demos, brief_rules]
+  - override /arms: [baseline, brief_rules]
 
 name: mine
-comparisons: [[demos, brief_rules]]
+comparisons: [[baseline, brief_rules]]
 """
 
 
@@ -57,9 +57,9 @@ def test_an_arm_and_a_comparison_added_in_yaml_alone(tmp_path, cache_dir):
     assert done.returncode == 0, done.stderr[-3000:]
     run = tmp_path / "run"
     with open(run / "results.csv") as handle:
-        assert [row["arm"] for row in csv.DictReader(handle)] == ["baseline", "demos", "brief_rules"]
+        assert [row["arm"] for row in csv.DictReader(handle)] == ["baseline", "brief_rules"]
     with open(run / "comparisons.csv") as handle:
-        pairs = {(row["arm_a"], row["arm_b"]) for row in csv.DictReader(handle)}
-    assert ("demos", "brief_rules") in pairs and ("brief_rules", "baseline") in pairs
+        pairs = [(row["arm_a"], row["arm_b"]) for row in csv.DictReader(handle)]
+    assert sorted(pairs) == [("baseline", "brief_rules"), ("brief_rules", "baseline")]
     card = (run / "data" / "brief_rules" / "README.md").read_text()
     assert "bare rule" in card and Path(run / "tiny-random" / "brief_rules" / "seed0" / "adapter").exists()
