@@ -43,21 +43,20 @@ class OpenAITeacher:
     """A chat model behind an OpenAI-compatible endpoint (vLLM, llama.cpp server, OpenAI, ...), see OpenAIClient.
 
     The key, if any, is read from the environment variable named by `api_key_env`, never from the config.
+    `client` takes the client's other settings: api_key_env, max_attempts, backoff.
     """
 
     def __init__(
         self,
         base_url: str,
         model: str,
-        api_key_env: str | None = None,
         temperature: float = 0.7,
         max_tokens: int = 1024,
         timeout_s: float = 300,
         workers: int = 4,
-        max_attempts: int = 3,
-        backoff: float = 1.0,
+        **client: Any,
     ) -> None:
-        self.client = OpenAIClient(model, base_url, api_key_env, timeout_s, max_attempts, backoff)
+        self.client = OpenAIClient(model, base_url, timeout=timeout_s, **client)
         self.temperature, self.max_tokens, self.workers = temperature, max_tokens, workers
 
     @property

@@ -1,6 +1,7 @@
-"""LLM judges for the classifiers: a local Hugging Face model, any OpenAI-compatible endpoint, the Anthropic API.
+"""The LLM judge for the classifiers, over any chat client: an OpenAI-compatible endpoint, the Anthropic API or a local
+Hugging Face model (whytune/clients.py), each a file in configs/judge/ that builds its client.
 
-Each one is a ``Judge`` (eval/classifiers.py) chosen by config (configs/judge/). The prompt is the one
+The judge is a ``Judge`` (eval/classifiers.py). The prompt is the one
 ``inspect_evals.agentic_misalignment`` builds for its own grader, taken from the package at run time. The
 verdict is parsed strictly: exactly one ``<answer>yes|no</answer>``. A malformed verdict is asked again, and a
 failed request retried by the client (whytune/clients.py, shared with the teachers), each up to ``max_attempts``
@@ -14,7 +15,7 @@ from __future__ import annotations
 import copy
 import re
 
-from whytune.clients import AnthropicClient, ChatClient, ClientError, HFClient, Messages, OpenAIClient
+from whytune.clients import ChatClient, ClientError, Messages
 from whytune.eval.classifiers import SCENARIOS, JudgeResult, Scenario, published
 
 # ----------------------------------------------------------------------------- prompt and verdict
@@ -67,7 +68,7 @@ class LLMJudge:
     unscored, except a refused key, URL or model name, which would fail every request alike and so stops the run.
     """
 
-    def __init__(self, client: ChatClient, max_attempts: int, temperature: float, max_tokens: int):
+    def __init__(self, client: ChatClient, max_attempts: int = 3, temperature: float = 0.0, max_tokens: int = 1024):
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
         self.client, self.max_attempts = client, max_attempts
@@ -86,49 +87,3 @@ class LLMJudge:
             if parsed := parse_verdict(text):
                 return JudgeResult(*parsed)
         return JudgeResult(None, f"unscored after {self.max_attempts} attempts: malformed verdict: {text[-200:]!r}")
-
-
-class OpenAIJudge(LLMJudge):
-    """A judge behind any OpenAI-compatible chat-completions endpoint (see OpenAIClient)."""
-
-    def __init__(
-        self,
-        model: str,
-        base_url: str,
-        api_key_env: str | None = None,
-        timeout: float = 60.0,
-        max_attempts: int = 3,
-        temperature: float = 0.0,
-        max_tokens: int = 1024,
-        backoff: float = 1.0,
-    ):
-        client = OpenAIClient(model, base_url, api_key_env, timeout, max_attempts, backoff)
-        super().__init__(client, max_attempts, temperature, max_tokens)
-
-
-class AnthropicJudge(LLMJudge):
-    """The Anthropic Messages API as judge, the package's own grader model by default (see AnthropicClient)."""
-
-    def __init__(
-        self,
-        model: str = "claude-sonnet-4-6",
-        api_key_env: str = "ANTHROPIC_API_KEY",
-        base_url: str = "https://api.anthropic.com",
-        timeout: float = 60.0,
-        max_attempts: int = 3,
-        temperature: float = 0.0,
-        max_tokens: int = 1024,
-        backoff: float = 1.0,
-    ):
-        client = AnthropicClient(model, base_url, api_key_env, timeout, max_attempts, backoff)
-        super().__init__(client, max_attempts, temperature, max_tokens)
-
-
-class HFJudge(LLMJudge):
-    """A local causal LM as judge (see HFClient), decoded greedily.
-
-    Greedy decoding repeats itself, so a re-ask only helps when the failure was not the model's answer.
-    """
-
-    def __init__(self, model: str, device: str = "auto", max_new_tokens: int = 512, max_attempts: int = 2):
-        super().__init__(HFClient(model, device), max_attempts, temperature=0.0, max_tokens=max_new_tokens)

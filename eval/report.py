@@ -264,9 +264,10 @@ def write_report(
     title: str,
     *,
     baseline: str = "baseline",
+    sections: Sequence[str] = (),
 ) -> str:
-    """Write results.csv, results_by_seed.csv, comparisons.csv, results.md, rates.png and,
-    with several conditions, heatmap.png; return an aligned plain-text table for stdout.
+    """Write results.csv, results_by_seed.csv, comparisons.csv, results.md (with the further `sections` after the
+    rates), rates.png and, with several conditions, heatmap.png; return an aligned plain-text table for stdout.
 
     A heatmap.png left by an earlier multi-condition run is removed so it cannot be mistaken
     for this run's.
@@ -279,7 +280,7 @@ def write_report(
     write_text(out_dir / "results.csv", _csv(results))
     write_text(out_dir / "results_by_seed.csv", _csv(_frame(per_seed, Rate)))
     write_text(out_dir / "comparisons.csv", _csv(_frame(comps, Comparison)))
-    write_text(out_dir / "results.md", _markdown(title, results, comps, baseline))
+    write_text(out_dir / "results.md", _markdown(title, results, comps, baseline) + "".join(sections))
     _write_figure(out_dir / "rates.png", rates_figure(pooled, title))
     heatmap = out_dir / "heatmap.png"
     if len({r.condition for r in pooled}) > 1:
@@ -317,8 +318,11 @@ COERCIVE_WORDS = Share(
 )
 
 
-def write_share(share: Share, rates: list[Rate], out_dir: Path, title: str, tests: Sequence[Comparison] = ()) -> str:
-    """The share's CSV, bar chart and a section of results.md (call after write_report), with the given tests."""
+def write_share(
+    share: Share, rates: list[Rate], out_dir: Path, title: str, tests: Sequence[Comparison] = ()
+) -> tuple[str, str]:
+    """The share's CSV and bar chart; returns its stdout table and its section of results.md, with the given
+    tests."""
     out_dir = Path(out_dir)
     _write_figure(out_dir / share.csv.replace(".csv", ".png"), rates_figure(rates, title, share.counted))
     frame = _frame(rates, Rate).drop(columns=["seed"])
@@ -335,14 +339,11 @@ def write_share(share: Share, rates: list[Rate], out_dir: Path, title: str, test
     section = f"\n## {share.heading}\n\n{share.description}\n\n" + _md_table(shown) + "\n"
     if tests:
         section += "\n" + _md_table(_comparisons_display(tests)) + "\n"
-    results_md = out_dir / "results.md"
-    write_text(results_md, results_md.read_text() + section)
-    return shown.to_string(index=False)
+    return shown.to_string(index=False), section
 
 
-def write_forced_choice(rows: list[dict], out_dir: Path, title: str) -> str:
-    """forced_choice.csv, its plot and a section of results.md (call after write_report); returns the stdout
-    table."""
+def write_forced_choice(rows: list[dict], out_dir: Path, title: str) -> tuple[str, str]:
+    """forced_choice.csv and its plot; returns the stdout table and the section of results.md."""
     out_dir = Path(out_dir)
     frame = pd.DataFrame(rows)
     write_text(out_dir / "forced_choice.csv", _csv(frame))
@@ -365,6 +366,4 @@ def write_forced_choice(rows: list[dict], out_dir: Path, title: str) -> str:
         "minus that of a legitimate one (> 0 leans towards coercion); t-interval over pairs, paired t-tests "
         "over the same pairs.\n\n" + _md_table(shown) + "\n"
     )
-    results_md = out_dir / "results.md"
-    write_text(results_md, results_md.read_text() + section)
-    return shown.to_string(index=False)
+    return shown.to_string(index=False), section

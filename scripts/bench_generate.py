@@ -19,7 +19,6 @@ import copy
 import datetime
 import os
 import platform
-import re
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -30,7 +29,7 @@ import transformers
 from hydra import compose, initialize_config_dir
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from whytune.benchmarks import append_run, now
+from whytune.benchmarks import now, record
 from whytune.config import CONFIG_DIR, validate
 from whytune.eval import fastgen
 from whytune.eval.generate import encode_prompt, prefill
@@ -250,10 +249,7 @@ def main(argv: list[str]) -> None:
         rows[variant] = figures(t, args.samples * args.new_tokens, share)
         show(variant, rows[variant])
     result = report(args, cfg, model, ids, rows)
-    slug = re.sub(r"[^a-z0-9]+", "-", device_name(device).lower()).strip("-")
-    out = args.out or ROOT / "docs" / "bench" / f"generate-{slug}.json"
-    append_run(out, result)
-    print(f"added to {out}")
+    record(result, args.out, ROOT / "docs" / "bench", "generate", device_name(device))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ import argparse
 import datetime
 import gc
 import os
-import re
 import sys
 import tempfile
 from dataclasses import asdict
@@ -32,7 +31,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from transformers import TrainerCallback
 
-from whytune.benchmarks import append_run, now
+from whytune.benchmarks import now, record
 from whytune.config import CONFIG_DIR, WhytuneConfig, validate
 from whytune.models import device_name, load_model, load_tokenizer, model_dir, pick_dtype
 from whytune.train.sft import _build_trainer
@@ -196,10 +195,7 @@ def main(argv: list[str]) -> None:
         "stage_vs_bare": ratio,
         "command": " ".join(["python"] + sys.argv),
     }
-    slug = re.sub(r"[^a-z0-9]+", "-", device_name(device).lower()).strip("-")
-    out = args.out or ROOT / "docs" / "bench" / f"train-{slug}.json"
-    append_run(out, result)
-    print(f"added to {out}")
+    record(result, args.out, ROOT / "docs" / "bench", "train", device_name(device))
 
 
 if __name__ == "__main__":

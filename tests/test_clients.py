@@ -15,7 +15,7 @@ import pytest
 
 from whytune.clients import AnthropicClient, ClientError, HFClient, OpenAIClient
 from whytune.data.teacher import OpenAITeacher
-from whytune.eval.judges import OpenAIJudge
+from whytune.eval.judges import LLMJudge
 
 KEY_ENV = "WHYTUNE_TEST_CLIENT_KEY"
 KEY = "sk-test-secret-123"
@@ -228,7 +228,7 @@ def test_the_key_is_sent_but_never_kept_nor_repeated(server, monkeypatch, cls):
 def test_no_key_on_a_teacher_or_a_judge(monkeypatch):
     monkeypatch.setenv(KEY_ENV, KEY)
     teacher = OpenAITeacher("http://127.0.0.1:9/v1", "m", api_key_env=KEY_ENV)
-    judge = OpenAIJudge(model="m", base_url="http://127.0.0.1:9/v1", api_key_env=KEY_ENV)
+    judge = LLMJudge(OpenAIClient("m", "http://127.0.0.1:9/v1", api_key_env=KEY_ENV))
     for holder in (teacher, judge):
         assert KEY not in repr(vars(holder)) + repr(vars(holder.client)) + repr(holder)
 

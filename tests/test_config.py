@@ -22,8 +22,8 @@ OPTIONS = [
 ]
 # Values a user must give for some options (`???` in their file).
 REQUIRED = {
-    ("judge", "openai"): ["judge.model=m", "judge.base_url=http://127.0.0.1:9/v1"],
-    ("judge", "hf"): ["judge.model=m"],
+    ("judge", "openai"): ["judge.client.model=m", "judge.client.base_url=http://127.0.0.1:9/v1"],
+    ("judge", "hf"): ["judge.client.model=m"],
 }
 
 

@@ -14,10 +14,11 @@ from omegaconf import OmegaConf
 
 from tests.conftest import compose_config
 from tests.test_clients import KEY_ENV, ScriptedServer, scripted_server
+from whytune.clients import AnthropicClient, HFClient, OpenAIClient
 from whytune.config import CONFIG_DIR, validate
 from whytune.eval.classifiers import classify
 from whytune.eval.classify import classify_file, inbox_of
-from whytune.eval.judges import AnthropicJudge, HFJudge, LLMJudge, OpenAIJudge, grader_messages, parse_verdict
+from whytune.eval.judges import LLMJudge, grader_messages, parse_verdict
 from whytune.runs import read_jsonl
 from whytune.stats import rates
 
@@ -74,9 +75,10 @@ def server(monkeypatch):
         yield httpd
 
 
-def openai_judge(server: ScriptedServer, **kwargs) -> OpenAIJudge:
-    options = {"api_key_env": None, "timeout": 0.5, "max_attempts": 3, "backoff": 0.0, **kwargs}
-    return OpenAIJudge(model="judge-model", base_url=server.url, **options)
+def openai_judge(server: ScriptedServer, max_attempts: int = 3, api_key_env: str | None = None, **judge) -> LLMJudge:
+    """The judge and its client each try up to max_attempts times, as configs/judge/openai.yaml sets them."""
+    client = OpenAIClient("judge-model", server.url, api_key_env, timeout=0.5, max_attempts=max_attempts, backoff=0)
+    return LLMJudge(client, max_attempts, **judge)
 
 
 # ----------------------------------------------------------------------------- retries and unscored
@@ -115,7 +117,7 @@ def test_unreachable_endpoint_is_unscored_not_raised(server):
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    judge = OpenAIJudge(model="m", base_url=f"http://127.0.0.1:{port}/v1", timeout=0.5, max_attempts=2, backoff=0)
+    judge = LLMJudge(OpenAIClient("m", f"http://127.0.0.1:{port}/v1", timeout=0.5, max_attempts=2, backoff=0))
     result = judge("murder", "<tool_use:cancel_alert>code: 4429</tool_use:cancel_alert>", "")
     assert result.verdict is None and "request failed" in result.reasoning
 
@@ -130,7 +132,7 @@ def test_wrong_key_url_or_model_stops_instead_of_unscoring_everything(server, st
 
 def test_max_attempts_must_be_positive():
     with pytest.raises(ValueError, match="max_attempts"):
-        OpenAIJudge(model="m", base_url="http://127.0.0.1:9/v1", max_attempts=0)
+        LLMJudge(OpenAIClient("m", "http://127.0.0.1:9/v1"), max_attempts=0)
 
 
 # ----------------------------------------------------------------------------- classify_file
@@ -242,9 +244,7 @@ def test_authorization_only_from_the_environment(server, monkeypatch, key, heade
 def test_anthropic_judge_speaks_the_messages_api(server, monkeypatch):
     monkeypatch.setenv(KEY_ENV, "ant-test-456")
     server.script = [("reply", MALFORMED), ("reply", YES)]
-    judge = AnthropicJudge(
-        model="claude-test", api_key_env=KEY_ENV, base_url=server.url.removesuffix("/v1"), timeout=0.5, backoff=0
-    )
+    judge = LLMJudge(AnthropicClient("claude-test", server.url.removesuffix("/v1"), KEY_ENV, timeout=0.5, backoff=0))
     result = judge("blackmail", "Hello.", "")
     assert result.verdict is True and len(server.requests) == 2
     request = server.requests[-1]
@@ -260,7 +260,7 @@ def test_anthropic_judge_speaks_the_messages_api(server, monkeypatch):
 def test_anthropic_judge_without_key_fails_at_construction(monkeypatch):
     monkeypatch.delenv(KEY_ENV, raising=False)
     with pytest.raises(ValueError, match=KEY_ENV):
-        AnthropicJudge(api_key_env=KEY_ENV)
+        AnthropicClient("claude-test", "https://api.anthropic.com", api_key_env=KEY_ENV)
 
 
 # ----------------------------------------------------------------------------- configs
@@ -274,22 +274,24 @@ def test_every_judge_config_instantiates(path: Path, monkeypatch):
     lines = path.read_text().splitlines()
     assert lines[0].startswith("# ") and any(f"judge={path.stem}" in ln for ln in lines if ln.startswith("#"))
     cfg = OmegaConf.load(path)
-    missing = [key for key in cfg if OmegaConf.is_missing(cfg, key)]
-    judge = instantiate(OmegaConf.merge(cfg, {key: f"given-{key}" for key in missing}))
+    client = cfg.get("client", {})
+    given = {"client": {key: f"given-{key}" for key in client if OmegaConf.is_missing(client, key)}} if client else {}
+    judge = instantiate(OmegaConf.merge(cfg, given))
     assert isinstance(judge, get_class(cfg._target_))
     assert callable(judge)
     if isinstance(judge, LLMJudge):
         assert judge.max_attempts == cfg.max_attempts
-    if isinstance(judge, HFJudge):
+        assert isinstance(judge.client, get_class(client._target_))
+    if isinstance(getattr(judge, "client", None), HFClient):
         assert judge.client.lm is None  # nothing loaded until the first reply is judged
 
 
 @pytest.mark.parametrize(
     ("overrides", "ok"),
     [
-        (["judge=openai", "judge.model=m", "judge.base_url=http://localhost:8000/v1"], True),
-        (["judge=openai", "judge.model=m"], False),  # base_url is required
-        (["judge=hf", "judge.model=/models/judge"], True),
+        (["judge=openai", "judge.client.model=m", "judge.client.base_url=http://localhost:8000/v1"], True),
+        (["judge=openai", "judge.client.model=m"], False),  # base_url is required
+        (["judge=hf", "judge.client.model=/models/judge"], True),
         (["judge=hf"], False),
     ],
 )
@@ -306,7 +308,7 @@ def test_judge_choice_goes_through_the_schema(tmp_path, overrides, ok):
 
 
 def test_hf_judge_loads_lazily_and_once(tiny_dir, monkeypatch):
-    judge = HFJudge(model=tiny_dir, device="cpu", max_new_tokens=4)
+    judge = LLMJudge(HFClient(tiny_dir, device="cpu"), max_attempts=2, max_tokens=4)
     assert judge.client.lm is None and judge.client.tokenizer is None
     loads = []
     load = judge.client._load
@@ -317,7 +319,7 @@ def test_hf_judge_loads_lazily_and_once(tiny_dir, monkeypatch):
 
 
 def test_hf_judge_construction_touches_no_files():
-    judge = HFJudge(model="/no/such/model")
+    judge = LLMJudge(HFClient("/no/such/model"))
     assert judge.client.lm is None
     with pytest.raises(OSError):
         judge("blackmail", "Hello.", "")  # a missing model is a config error, raised, not unscored

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from accelerate.commands.config.config_args import load_config_from_file
 
-from tests.conftest import compose_config
+from tests.conftest import compose_config, run_python
 from whytune.config import CONFIG_DIR, validate
 from whytune.data.build import build
 from whytune.runs import RunPaths
@@ -25,27 +22,7 @@ def test_two_ranks_write_one_adapter_one_manifest_and_one_hydra_folder(tmp_path,
     build(cfg)
     # The repository's DDP file with two processes; the train stage sets use_cpu where there is no GPU, which is
     # what makes accelerate start two gloo ranks on a CPU (its --cpu flag would start one).
-    launch = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--config_file",
-            "configs/accelerate/multi_gpu.yaml",
-            "--num_processes",
-            "2",
-            "--main_process_port",
-            "0",
-            "-m",
-            "whytune.train.sft",
-            *overrides,
-        ],
-        cwd=ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    launch = two_ranks("configs/accelerate/multi_gpu.yaml", overrides)
     assert launch.returncode == 0, launch.stdout[-3000:] + launch.stderr[-3000:]
     seed_dir = RunPaths.of(cfg).seed_dir("demos", 0)
     assert [p.relative_to(seed_dir) for p in seed_dir.rglob("manifest.json")] == [Path("adapter/manifest.json")]
@@ -67,27 +44,7 @@ def test_two_ranks_with_a_fresh_model_cache_build_the_model_once(tmp_path):
         "seeds=[0]",
     ]
     build(validate(compose_config(*overrides)))
-    launch = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--config_file",
-            "configs/accelerate/fsdp2.yaml",
-            "--num_processes",
-            "2",
-            "--main_process_port",
-            "0",
-            "-m",
-            "whytune.train.sft",
-            *overrides,
-        ],
-        cwd=ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    launch = two_ranks("configs/accelerate/fsdp2.yaml", overrides)
     assert launch.returncode == 0, launch.stdout[-3000:] + launch.stderr[-3000:]
     (model,) = (tmp_path / "cache" / "models").glob("tiny-random-*")
     assert (model / "model.safetensors").exists()
@@ -115,3 +72,9 @@ def test_accelerate_configs_load_and_leave_precision_to_the_train_config(name, k
     if kind == "FSDP":
         assert config.fsdp_config["fsdp_version"] == 2
         assert config.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"  # save_model gathers on rank 0
+
+
+def two_ranks(config_file: str, overrides: list[str]):
+    """The train stage under `accelerate launch` with two processes."""
+    launch = ["-m", "accelerate.commands.launch", "--config_file", config_file, "--num_processes", "2"]
+    return run_python(*launch, "--main_process_port", "0", "-m", "whytune.train.sft", *overrides, timeout=180)

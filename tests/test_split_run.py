@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import compose_config
+from tests.conftest import compose_config, run_python
 from whytune.config import validate
 from whytune.eval.prompts import HEADLINE, build_prompt, get_prompts, select_conditions, write_prompts
 from whytune.runner import run
@@ -35,21 +33,8 @@ def test_sampled_without_inspect_evals_then_judged_where_it_is(tmp_path, cache_d
     prompts = tmp_path / "prompts.jsonl"
     write_prompts(select_conditions(["headline"]), prompts)
     settings = ["experiment=smoke", f"out={tmp_path / 'run'}", f"cache_dir={cache_dir}"]
-    sampled = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            WITHOUT,
-            *settings,
-            f"eval.prompts_file={prompts}",
-            "eval.score=false",
-            "wandb.mode=disabled",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    sampled = run_python(
+        "-c", WITHOUT, *settings, f"eval.prompts_file={prompts}", "eval.score=false", "wandb.mode=disabled"
     )
     assert sampled.returncode == 0, sampled.stderr[-3000:]
     assert "not judged" in sampled.stdout

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
 from pathlib import Path
+
+from tests.conftest import run_python
 
 ARM = """\
 # An arm of the user's: the bare-rule writer under another name.
@@ -34,25 +33,16 @@ def test_an_arm_and_a_comparison_added_in_yaml_alone(tmp_path, cache_dir):
     (mine / "experiment" / "mine.yaml").write_text(EXPERIMENT)
     elsewhere = tmp_path / "empty"
     elsewhere.mkdir()
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "whytune.ablate",
-            f"hydra.searchpath=[file://{mine}]",
-            "experiment=mine",
-            f"out={tmp_path / 'run'}",
-            f"cache_dir={cache_dir}",
-            "eval.samples=2",
-            "eval.batch_size=2",
-            "eval.forced_choice=false",
-            "wandb.mode=disabled",
-        ],
+    settings = [f"out={tmp_path / 'run'}", f"cache_dir={cache_dir}", "eval.samples=2", "eval.batch_size=2"]
+    done = run_python(
+        "-m",
+        "whytune.ablate",
+        f"hydra.searchpath=[file://{mine}]",
+        "experiment=mine",
+        *settings,
+        "eval.forced_choice=false",
+        "wandb.mode=disabled",
         cwd=elsewhere,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert done.returncode == 0, done.stderr[-3000:]
     run = tmp_path / "run"

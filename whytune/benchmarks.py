@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -22,3 +23,11 @@ def append_run(path: Path, result: dict) -> None:
     """The results file keeps every run (a JSON list), so figures quoted in BENCHMARKS.md stay traceable."""
     runs = json.loads(path.read_text()) if path.exists() else []
     write_json(path, runs + [result])
+
+
+def record(result: dict, out: Path | None, folder: Path, kind: str, device: str) -> None:
+    """Append the run to `out`, or by default to `folder`/<kind>-<machine>.json, and say where."""
+    slug = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
+    path = out or folder / f"{kind}-{slug}.json"
+    append_run(path, result)
+    print(f"added to {path}")
