@@ -114,7 +114,7 @@ class DataConfig:
 @dataclass
 class OrganismConfig:
     """The optional model-organism stage (design notes, section 6): first tune the model on coercive transcripts
-    (configs/arm/organism.yaml), merge that adapter, and start every arm, the baseline included, from the result."""
+    (`writer`, data/organism.py), merge that adapter, and start every arm, the baseline included, from the result."""
 
     enabled: bool = False
     writer: WriterStyle = WriterStyle.organism  # how its coercive transcripts are written
