@@ -91,7 +91,7 @@ def prepare(cfg: WhytuneConfig, timings: Timings) -> None:
 def train_all(cfg: WhytuneConfig, timings: Timings) -> None:
     """Build every arm's data, then train every arm x seed that trains."""
     paths = RunPaths.of(cfg)
-    with timings.stage("data"), locked(paths.root / "data"):
+    with timings.stage(f"data/{cfg.model.name}"), locked(paths.root / "data"):
         built = build(cfg)
     for arm, rows in built.items():
         print(f"[data] {arm}: {len(rows)} examples in {paths.data(arm)}")
@@ -141,8 +141,8 @@ def view(cfg: WhytuneConfig) -> View:
 
 def write_report(cfg: WhytuneConfig) -> str:
     """The report of every arm x seed of cfg, from the files alone; also logged as the wandb report run."""
-    root = RunPaths.of(cfg).root
-    table = write(read_scores(root, view(cfg), cfg.judge), view(cfg), root)
+    root, shown = RunPaths.of(cfg).root, view(cfg)
+    table = write(read_scores(root, shown, cfg.judge), shown, root)
     tracking.log_report(cfg, root)
     return table
 
