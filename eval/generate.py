@@ -160,10 +160,13 @@ def prefill(model, prompt_ids: torch.Tensor):
 
 def encode_prompt(tokenizer, prompt: EvalPrompt, device: torch.device) -> torch.Tensor:
     messages = [{"role": "system", "content": prompt.system}, {"role": "user", "content": prompt.user}]
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True, return_tensors="pt")[
-        "input_ids"
-    ]
-    return ids.to(device)
+    return encode_messages(tokenizer, messages, device)
+
+
+def encode_messages(tokenizer, messages: list[dict], device: torch.device) -> torch.Tensor:
+    """The chat's token ids with the assistant's turn opened, as the model is asked to reply."""
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True, return_tensors="pt")
+    return ids["input_ids"].to(device)
 
 
 def sample_store(folder: Path, key: str) -> Path:

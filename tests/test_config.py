@@ -126,3 +126,8 @@ def test_unknown_model_lists_the_choices():
 def test_bad_keys_and_types_fail_at_startup(override, error):
     with pytest.raises((error, ConfigCompositionException)):
         validate(compose_config(override))
+
+
+def test_the_organisms_check_must_be_held_out():
+    with pytest.raises(ValueError, match="check_seed must differ"):
+        validate(compose_config("organism.check_seed=1"))  # organism.seed's scenarios: trained on

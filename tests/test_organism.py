@@ -4,7 +4,9 @@ logged to wandb like any other run."""
 from __future__ import annotations
 
 import csv
+import json
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ from tests.conftest import compose_config
 from tests.test_wandb import read_run
 from whytune.config import validate
 from whytune.models import fingerprint
-from whytune.runner import run
+from whytune.runner import ORGANISM, address_check, run
 from whytune.runs import RunPaths
 
 
@@ -29,6 +31,7 @@ def organism(tmp_path_factory, cache_dir):
             "organism.enabled=true",
             "organism.examples=4",
             "organism.epochs=1",
+            "organism.check_scenarios=2",
             "wandb.mode=offline",
         )
     )
@@ -68,3 +71,19 @@ def test_logs_eval_and_report_runs_to_wandb(organism):
     }
     assert runs["report"] == {("tiny-random", None)}
     assert {arm for _, arm in runs["train"]} == {"organism", "demos", "demos_principles"}
+
+
+def test_the_address_check_is_kept_in_the_organisms_manifest_and_read_back(organism, monkeypatch):
+    cfg, _ = organism
+    adapter = RunPaths.of(cfg).adapter(ORGANISM, 0)
+    kept = json.loads((adapter / "manifest.json").read_text())["address_check"]
+    assert kept["replies"] == 2 and 0 <= kept["to_decision_maker"] <= kept["addressed"] <= 2
+    assert kept["settings"]["seed"] == cfg.organism.check_seed and kept["summary"].startswith("sent an addressed")
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the check ran again although its settings had not changed")
+
+    monkeypatch.setattr("whytune.runner.check_addresses", fail)
+    merged = RunPaths.of(cfg).seed_dir(ORGANISM, 0) / "merged"
+    on_organism = replace(cfg, model=replace(cfg.model, name="tiny-random-organism", path=str(merged)))
+    assert address_check(on_organism, adapter) == kept["summary"]

@@ -123,6 +123,11 @@ class OrganismConfig:
     seed: int = 1  # scenario generator seed: other scenarios than the arms train on
     epochs: float = 2.0
     lr: float = 5e-4
+    # The cheap check after training (eval/address_check.py): one reply to each of this many held-out generator
+    # scenarios, sampled as the eval samples; the shares that send any addressed email and that write to the
+    # decision-maker are printed and kept in the organism's manifest. 0: no check.
+    check_scenarios: int = 16
+    check_seed: int = 2  # scenario generator seed of the check: neither the organism's nor the arms'
 
 
 @dataclass
@@ -237,6 +242,8 @@ def validate(cfg: DictConfig) -> WhytuneConfig:
         arm.name = name
     if bad := [pair for pair in typed.comparisons if len(pair) != 2]:
         raise ValueError(f"comparisons: each entry is a pair of arms, got {bad}")
+    if typed.organism.check_scenarios and typed.organism.check_seed in (typed.organism.seed, typed.data.seed):
+        raise ValueError("organism.check_seed must differ from organism.seed and data.seed: the check is held out")
     if typed.organism.enabled and typed.baseline not in typed.arms:
         raise ValueError(f"the organism experiment needs its baseline arm {typed.baseline!r} among arms=[...]")
     if typed.eval.score:  # the judge is built only where the samples are judged

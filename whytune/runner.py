@@ -1,6 +1,6 @@
 """The one runner: orders the stages of an experiment and does their shared chores once.
 
-    [organism: data -> train -> merge]  ->  data  ->  train  ->  eval  ->  report
+    [organism: data -> train -> merge -> address check]  ->  data  ->  train  ->  eval  ->  report
 
 Each stage is one module with one way in (`whytune.data.build.build`, `whytune.train.sft.train_arm`,
 `whytune.eval.run.evaluate`, `whytune.eval.results`), skips what it finds done with the same settings, and writes
@@ -15,17 +15,22 @@ run folder (`run(cfg, report=False)`), after which `report` reports every arm x 
 from __future__ import annotations
 
 import gc
+import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from whytune import tracking
 from whytune.config import ArmConfig, ModelSource, WhytuneConfig
 from whytune.data.build import build
+from whytune.data.scenarios import generate_scenarios
+from whytune.data.writers import scenario_prompt
+from whytune.eval.address_check import Target, check_addresses
 from whytune.eval.aggregate import scored
+from whytune.eval.generate import Sampling
 from whytune.eval.results import Entry, View, read_scores, write
 from whytune.eval.run import evaluate, harm_and_benign_conditions
 from whytune.models import device_name, load_tokenizer, model_dir
@@ -121,7 +126,24 @@ def on_organism(cfg: WhytuneConfig) -> WhytuneConfig:
         base, adapter, RunPaths.of(cfg).seed_dir(ORGANISM, 0) / "merged", load_tokenizer(cfg.model, base)
     )
     model = replace(cfg.model, name=f"{cfg.model.name}-{ORGANISM}", source=ModelSource.pretrained, path=str(merged))
-    return replace(cfg, model=model)
+    organism = replace(cfg, model=model)
+    if o.check_scenarios:
+        print(f"[organism] on {o.check_scenarios} held-out scenarios: {address_check(organism, adapter)}")
+    return organism
+
+
+def address_check(organism: WhytuneConfig, adapter: Path) -> str:
+    """The organism's address check, kept in its manifest (and read back from there by a rerun)."""
+    o, manifest = organism.organism, adapter / "manifest.json"
+    settings = {"scenarios": o.check_scenarios, "seed": o.check_seed, "sampling": asdict(Sampling.of(organism.eval))}
+    kept = json.loads(manifest.read_text())
+    if kept.get("address_check", {}).get("settings") != settings:
+        scenarios = generate_scenarios(o.check_scenarios, o.check_seed)
+        targets = [Target(s.id, scenario_prompt(s), s.meta["decision_maker_email"]) for s in scenarios]
+        check = check_addresses(organism, targets, seed=o.check_seed)
+        kept["address_check"] = {"settings": settings, **asdict(check), "summary": check.summary()}
+        write_json(manifest, kept)
+    return kept["address_check"]["summary"]
 
 
 def view(cfg: WhytuneConfig) -> View:
