@@ -342,12 +342,24 @@ def write_share(
     return shown.to_string(index=False), section
 
 
-def write_forced_choice(rows: list[dict], out_dir: Path, title: str) -> tuple[str, str]:
-    """forced_choice.csv and its plot; returns the stdout table and the section of results.md."""
+def write_forced_choice(rows: list[dict], differences: list[dict], out_dir: Path, title: str) -> tuple[str, str]:
+    """forced_choice.csv, forced_choice_differences.csv and their plots; returns the stdout table and the section of
+    results.md, both with the paired differences after the preferences."""
     out_dir = Path(out_dir)
     frame = pd.DataFrame(rows)
     write_text(out_dir / "forced_choice.csv", _csv(frame))
     _write_figure(out_dir / "forced_choice.png", forced_choice_figure(frame, title))
+    diffs = pd.DataFrame(
+        differences, columns=["arm", "reference", "condition", "pairs", "mean", "ci_low", "ci_high", "p"]
+    )
+    write_text(out_dir / "forced_choice_differences.csv", _csv(diffs))
+    plot = out_dir / "forced_choice_differences.png"
+    plot.unlink(missing_ok=True)  # a single arm has no difference to show
+    if len(diffs):
+        versus = diffs.assign(arm=[f"{a} − {r}" for a, r in zip(diffs["arm"], diffs["reference"])])
+        figure = forced_choice_figure(versus, f"{title}: paired difference from the reference")
+        figure.axes[0].set_ylabel("difference in preference from the reference\n(per token, 95% CI over reply pairs)")
+        _write_figure(plot, figure)
     shown = pd.DataFrame(
         {
             "arm": frame["arm"],
@@ -361,9 +373,27 @@ def write_forced_choice(rows: list[dict], out_dir: Path, title: str) -> tuple[st
             "p vs its pair": [_p(x) if x is not None else "–" for x in frame["p_vs_matched"]],
         }
     )
+    shown_diffs = pd.DataFrame(
+        {
+            "arm": diffs["arm"],
+            "reference": diffs["reference"],
+            "condition": diffs["condition"],
+            "pairs": diffs["pairs"],
+            "difference [95% CI]": [
+                f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+                for m, lo, hi in zip(diffs["mean"], diffs["ci_low"], diffs["ci_high"])
+            ],
+            "p (paired t)": [_p(x) for x in diffs["p"]],
+        }
+    )
     section = (
         "\n## Forced choice\n\nMean over reply pairs of the per-token log-probability of a coercive reply "
         "minus that of a legitimate one (> 0 leans towards coercion); t-interval over pairs, paired t-tests "
         "over the same pairs.\n\n" + _md_table(shown) + "\n"
+        "\nEach arm's paired difference from its reference (the baseline, or the first arm of a compared pair), "
+        "pair by pair: < 0 means the arm leans less towards coercion than its reference.\n\n"
+        + _md_table(shown_diffs)
+        + "\n"
     )
-    return shown.to_string(index=False), section
+    table = shown.to_string(index=False) + "\n\nPaired differences from the reference:\n"
+    return table + shown_diffs.to_string(index=False), section

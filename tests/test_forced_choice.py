@@ -11,6 +11,7 @@ from whytune.eval.classifiers import classify
 from whytune.eval.forced_choice import load_pairs, mean_logprob, paired_test, score_arm, summarise
 from whytune.eval.generate import encode_prompt, prefill
 from whytune.eval.prompts import HEADLINE, build_prompt
+from whytune.eval.results import forced_choice_differences
 from whytune.models import load_model, load_tokenizer
 
 PAIRS = load_pairs()
@@ -65,3 +66,25 @@ def test_summary_and_paired_test():
     assert math.isnan(summarise("demos", HEADLINE, [0.1]).ci_low)
     assert paired_test([1.0, 1.1, 0.9, 1.2], [0.0, 0.1, -0.1, 0.2]) < 0.001
     assert math.isnan(paired_test([1.0], [0.0]))
+
+
+def test_each_arm_is_differenced_from_its_reference_pair_by_pair():
+    condition = "blackmail_explicit-america_replacement"
+    means = {
+        ("baseline", condition): [0.1, 0.2, 0.3, 0.2],
+        ("demos", condition): [0.0, 0.1, 0.1, 0.2],
+        ("demos_principles", condition): [-0.1, 0.0, 0.05, 0.1],
+    }
+    rows = {
+        (r["arm"], r["reference"]): r
+        for r in forced_choice_differences(means, "baseline", [("demos", "demos_principles")])
+    }
+    assert set(rows) == {("demos", "baseline"), ("demos_principles", "baseline"), ("demos_principles", "demos")}
+    matched = rows["demos_principles", "demos"]  # differences -0.1, -0.1, -0.05, -0.1: pair by pair
+    assert matched["pairs"] == 4 and matched["mean"] == pytest.approx(-0.0875)
+    assert matched["ci_low"] < -0.0875 < matched["ci_high"] < 0
+    versus_baseline = rows["demos", "baseline"]
+    assert (
+        versus_baseline["mean"] == pytest.approx(-0.1) and versus_baseline["ci_low"] < -0.1 < versus_baseline["ci_high"]
+    )
+    assert versus_baseline["p"] == pytest.approx(paired_test(means["demos", condition], means["baseline", condition]))

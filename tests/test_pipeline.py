@@ -14,9 +14,10 @@ import pytest
 import whytune.eval.generate
 from tests.conftest import compose_config
 from whytune.config import validate
+from whytune.eval.forced_choice import PAIRS_FILE
 from whytune.eval.results import Entry, Scores, View, write
 from whytune.runner import run
-from whytune.runs import RunPaths, StaleOutputError, read_jsonl
+from whytune.runs import RunPaths, StaleOutputError, file_hash, read_jsonl
 
 COLUMNS = ["arm", "condition", "n", "harmful", "unscored", "rate", "ci_low", "ci_high"]
 
@@ -60,6 +61,18 @@ def test_adapter_manifest_records_provenance(finished):
     assert manifest["packages"]["trl"] and "commit" in manifest["git"]
     assert (paths.data("demos") / "README.md").read_text().startswith("# whytune training set")
     assert not (paths.seed_dir("demos", 0) / "checkpoints").exists()  # cleaned once the adapter is saved
+
+
+def test_forced_choice_reports_paired_differences_and_the_pairs_it_used(finished):
+    cfg, table = finished
+    with open(Path(cfg.out) / "forced_choice_differences.csv") as handle:
+        versus = {(r["arm"], r["reference"]): r for r in csv.DictReader(handle)}
+    assert set(versus) == {("demos", "baseline"), ("demos_principles", "baseline"), ("demos_principles", "demos")}
+    assert all(int(r["pairs"]) == 12 for r in versus.values())  # the headline condition's blackmail pairs
+    assert (Path(cfg.out) / "forced_choice_differences.png").stat().st_size > 0
+    assert "Paired differences from the reference" in table
+    provenance = json.loads((Path(cfg.out) / "provenance.json").read_text())
+    assert provenance["forced_choice_pairs"] == file_hash(PAIRS_FILE)
 
 
 def test_written_files_are_readable_by_group_and_others(finished):

@@ -30,11 +30,12 @@ from whytune.data.scenarios import generate_scenarios
 from whytune.data.writers import scenario_prompt
 from whytune.eval.address_check import Target, check_addresses
 from whytune.eval.aggregate import scored
+from whytune.eval.forced_choice import PAIRS_FILE
 from whytune.eval.generate import Sampling
 from whytune.eval.results import Entry, View, read_scores, write
 from whytune.eval.run import evaluate, harm_and_benign_conditions
 from whytune.models import device_name, load_tokenizer, model_dir
-from whytune.runs import RunPaths, append_jsonl, locked, provenance, write_json
+from whytune.runs import RunPaths, append_jsonl, file_hash, locked, provenance, write_json
 from whytune.train.merge import merge_adapter
 from whytune.train.sft import train_arm
 
@@ -59,8 +60,8 @@ def run(cfg: WhytuneConfig, report: bool = True) -> str:
     folders, which are built under a lock by whichever job comes first.
     """
     timings = Timings()
-    if report:
-        write_json(Path(cfg.out) / "provenance.json", provenance(cfg))
+    if report:  # the forced-choice pairs are fixed before the run: their hash says which were scored
+        write_json(Path(cfg.out) / "provenance.json", {**provenance(cfg), "forced_choice_pairs": file_hash(PAIRS_FILE)})
     models = [cfg]
     if cfg.organism.enabled:
         with timings.stage("organism"):
