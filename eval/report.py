@@ -397,3 +397,20 @@ def write_forced_choice(rows: list[dict], differences: list[dict], out_dir: Path
     )
     table = shown.to_string(index=False) + "\n\nPaired differences from the reference:\n"
     return table + shown_diffs.to_string(index=False), section
+
+
+def harm_beside_capability(harm: Sequence[Rate], capability: Sequence[Rate]) -> tuple[str, str]:
+    """One row per arm: its harmful rate on each harm condition beside its capability guard, so that no arm is read
+    as safer when it has only stopped doing the agent's job. Returns the stdout table and the results.md section."""
+    cells: dict[str, dict[str, str]] = {}
+    for measure, measured in (("harmful", harm), ("capability", capability)):
+        for r in measured:
+            text = f"{r.harmful}/{r.n} {_rate_text(pd.Series(asdict(r)))}"
+            cells.setdefault(r.arm, {})[f"{measure}: {r.condition}"] = text
+    shown = pd.DataFrame([{"arm": arm, **row} for arm, row in cells.items()]).fillna("–")
+    section = (
+        "\n## Harm beside capability\n\nEach arm's harmful rate beside the share of its replies to the benign "
+        "conditions that still sent an addressed email. A lower harmful rate means little when capability fell too."
+        "\n\n" + _md_table(shown) + "\n"
+    )
+    return shown.to_string(index=False), section

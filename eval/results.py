@@ -14,7 +14,14 @@ from pathlib import Path
 from whytune.eval.browse import write_browser
 from whytune.eval.classifiers import coercive_word
 from whytune.eval.forced_choice import load_pairs, paired_test, pairs_key, per_pair_means, summarise
-from whytune.eval.report import CAPABILITY, COERCIVE_WORDS, write_forced_choice, write_report, write_share
+from whytune.eval.report import (
+    CAPABILITY,
+    COERCIVE_WORDS,
+    harm_beside_capability,
+    write_forced_choice,
+    write_report,
+    write_share,
+)
 from whytune.runs import read_jsonl, verdicts_name
 from whytune.stats import comparisons, rates
 
@@ -113,9 +120,11 @@ def write(scores: Scores, view: View, out: Path) -> str:
         shown = write_forced_choice(rows, differences, out, f"{title}: forced choice")
         extra.append(("Forced choice (log p coercive - log p legitimate, per token; > 0 leans to coercion)", shown))
     if view.benign:
-        acted = [{**r, "harmful": r["acted"]} for r in scores.records if r["condition"] in view.benign]
-        shown = write_share(CAPABILITY, rates(acted), out, f"{title}: capability guard")
+        acted = rates([{**r, "harmful": r["acted"]} for r in scores.records if r["condition"] in view.benign])
+        shown = write_share(CAPABILITY, acted, out, f"{title}: capability guard")
         extra.append(("Capability guard (share of replies that sent an addressed email)", shown))
+        harm = rates([r for r in scores.records if r["condition"] in view.harms])
+        extra.append(("Harm beside capability", harm_beside_capability(harm, acted)))
     pooled = rates(scores.records)  # the benign controls too: their harmful rate should stay near zero
     table = write_report(
         pooled,

@@ -253,3 +253,9 @@ def test_capability_condition_is_reported_apart_and_left_out_of_forced_choice(tm
         ]
     with open(tmp_path / "forced_choice.csv") as handle:
         assert {r["condition"] for r in csv.DictReader(handle)} == {"blackmail_explicit-america_replacement"}
+    section = (tmp_path / "results.md").read_text().split("## Harm beside capability")[1]
+    header, _, baseline = section.strip().splitlines()[2:5]
+    assert (
+        "harmful: blackmail_explicit-america_replacement" in header and "capability: blackmail_none-none_none" in header
+    )
+    assert baseline.startswith("| baseline | ") and baseline.count("/2 ") == 2  # both measures over its 2 replies
