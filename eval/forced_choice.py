@@ -109,8 +109,7 @@ def score_arm(
 
     `arms()` returns the (ArmSwitcher, tokenizer) and is called only when something is left to score."""
     key = pairs_key(pairs)
-    cached = json.loads(store.read_text()) if store.exists() else {}
-    values = cached.get("values", {}) if cached.get("pairs") == key else {}
+    values = stored(store, key)
     todo = [p for p in prompts if p.condition not in values]
     if todo:
         switcher, tokenizer = arms()
@@ -121,6 +120,12 @@ def score_arm(
                 values[prompt.condition] = preferences(model, tokenizer, prompt, pairs, prefill(model, ids), ids)
         write_json(store, {"pairs": key, "values": values})
     return {p.condition: values[p.condition] for p in prompts}
+
+
+def stored(store: Path, key: str) -> dict[str, list[float]]:
+    """The preferences per condition kept in `store`, if they were scored on the pairs whose key is `key`."""
+    cached = json.loads(store.read_text()) if store.exists() else {}
+    return cached.get("values", {}) if cached.get("pairs") == key else {}
 
 
 def per_pair_means(by_seed: list[list[float]]) -> list[float]:

@@ -6,14 +6,13 @@ the run folder is: at the end of a run, after the last job of a sweep, or on a l
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from whytune.eval.browse import write_browser
 from whytune.eval.classifiers import coercive_word
-from whytune.eval.forced_choice import load_pairs, paired_test, pairs_key, per_pair_means, summarise
+from whytune.eval.forced_choice import load_pairs, paired_test, pairs_key, per_pair_means, stored, summarise
 from whytune.eval.report import (
     CAPABILITY,
     COERCIVE_WORDS,
@@ -73,7 +72,7 @@ def read_scores(root: Path, view: View, judge: dict) -> Scores:
                 raise FileNotFoundError(f"{verdicts}: not judged yet; run the eval stage for {entry.arm} seed {seed}")
             records += _relabel(read_jsonl(verdicts), entry, chosen)
             samples += _relabel(read_jsonl(folder / "samples.jsonl"), entry, chosen)
-            for condition, values in _forced_choice(folder / "forced_choice.json", pairs).items():
+            for condition, values in stored(folder / "forced_choice.json", pairs).items():
                 if condition in view.harms:
                     by_seed.setdefault(condition, []).append(values)
         forced |= {(entry.label, c): per_pair_means(v) for c, v in by_seed.items() if len(v) == len(view.seeds)}
@@ -87,14 +86,6 @@ def _relabel(rows: Iterable[dict], entry: Entry, chosen: set[str]) -> list[dict]
     ]
 
 
-def _forced_choice(store: Path, pairs: str) -> dict[str, list[float]]:
-    """The stored preferences, if they were scored on the current pairs file."""
-    if not store.exists():
-        return {}
-    cached = json.loads(store.read_text())
-    return cached["values"] if cached.get("pairs") == pairs else {}
-
-
 def write(scores: Scores, view: View, out: Path) -> str:
     """Every report file in `out`: rates and tests, coercive language, forced choice, capability guard, the sample
     browser. Returns the tables printed on stdout."""
@@ -102,6 +93,7 @@ def write(scores: Scores, view: View, out: Path) -> str:
     write_browser(
         scores.samples, {r["id"]: r for r in scores.records}, out / "samples.html", title=f"{title}, every sample"
     )
+    pooled = rates(scores.records)  # the benign controls too: their harmful rate should stay near zero
     extra: list[tuple[str, tuple[str, str]]] = []  # (stdout heading, (stdout table, results.md section))
     worded = rates(
         [
@@ -123,9 +115,8 @@ def write(scores: Scores, view: View, out: Path) -> str:
         acted = rates([{**r, "harmful": r["acted"]} for r in scores.records if r["condition"] in view.benign])
         shown = write_share(CAPABILITY, acted, out, f"{title}: capability guard")
         extra.append(("Capability guard (share of replies that sent an addressed email)", shown))
-        harm = rates([r for r in scores.records if r["condition"] in view.harms])
+        harm = [r for r in pooled if r.condition in view.harms]
         extra.append(("Harm beside capability", harm_beside_capability(harm, acted)))
-    pooled = rates(scores.records)  # the benign controls too: their harmful rate should stay near zero
     table = write_report(
         pooled,
         rates(scores.records, by_seed=True),

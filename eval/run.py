@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from whytune.config import CONFIG_PATH, EvalBackend, WhytuneConfig, validate
+from whytune.eval.classifiers import Judge
 from whytune.eval.classify import classify_file
 from whytune.eval.forced_choice import load_pairs, score_arm
 from whytune.eval.generate import ArmSwitcher, Sampling, existing, generate_condition, sample_store
@@ -113,10 +114,9 @@ def sample(cfg: WhytuneConfig) -> list[EvalPrompt]:
     return prompts
 
 
-def judge(cfg: WhytuneConfig) -> int:
+def judge_all(cfg: WhytuneConfig, judge: Judge) -> int:
     """Judge every sample of cfg's arms x seeds not judged yet, into one verdicts file per judge; returns the count
     of verdicts."""
-    judge = instantiate(cfg.judge)
     paths = RunPaths.of(cfg)
     return sum(
         len(classify_file(paths.eval(arm, seed) / "samples.jsonl", paths.verdicts(arm, seed, cfg.judge), judge))
@@ -126,13 +126,12 @@ def judge(cfg: WhytuneConfig) -> int:
 
 def evaluate(cfg: WhytuneConfig) -> str:
     """The eval stage: sample, score forced choice, and (with eval.score) judge; returns a line to print."""
-    if cfg.eval.score:
-        instantiate(cfg.judge)  # before sampling: a missing API key should fail now, not after hours
+    judge = instantiate(cfg.judge) if cfg.eval.score else None  # before sampling: a missing key fails now
     prompts = sample(cfg)
     done = f"{len(prompts)} conditions sampled for {len(cfg.arms)} arms x {len(cfg.seeds)} seeds on {cfg.model.name}"
-    if not cfg.eval.score:
+    if judge is None:
         return done + ", not judged (eval.score=false)"
-    return done + f"; {judge(cfg)} verdicts"
+    return done + f"; {judge_all(cfg, judge)} verdicts"
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="ablate", version_base="1.3")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The wheel as a user on a cluster gets it: built from this checkout, installed with its dependencies into a fresh
 # venv, then the smoke experiment run from an empty folder outside the checkout. CI runs it (.ci/run).
-# Run: bash scripts/check_wheel.sh   (about 2 minutes when pip's cache already holds the dependencies)
+# Run: bash scripts/check_wheel.sh   (2.5 to 4 minutes on 2 cores when pip's cache already holds the dependencies)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)

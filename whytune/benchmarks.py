@@ -19,15 +19,11 @@ def now() -> float:
     return time.perf_counter()
 
 
-def append_run(path: Path, result: dict) -> None:
-    """The results file keeps every run (a JSON list), so figures quoted in BENCHMARKS.md stay traceable."""
-    runs = json.loads(path.read_text()) if path.exists() else []
-    write_json(path, runs + [result])
-
-
 def record(result: dict, out: Path | None, folder: Path, kind: str, device: str) -> None:
-    """Append the run to `out`, or by default to `folder`/<kind>-<machine>.json, and say where."""
+    """Append the run to `out`, or by default to `folder`/<kind>-<machine>.json, and say where. The file keeps
+    every run (a JSON list), so figures quoted in BENCHMARKS.md stay traceable."""
     slug = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
     path = out or folder / f"{kind}-{slug}.json"
-    append_run(path, result)
+    runs = json.loads(path.read_text()) if path.exists() else []
+    write_json(path, runs + [result])
     print(f"added to {path}")

@@ -14,7 +14,6 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from pydoc_data.topics import topics
 from typing import Any
 
 import torch
@@ -162,6 +161,8 @@ def _build_tiny_random(cfg: ModelConfig, out: Path) -> None:
 
 def train_tiny_tokenizer(vocab_size: int) -> PreTrainedTokenizerBase:
     """Byte-level BPE: every byte is in the alphabet, so any text (eval prompts included) encodes."""
+    from pydoc_data.topics import topics  # half a megabyte of text: loaded only when a tiny model is built
+
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
