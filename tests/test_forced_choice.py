@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import pytest
 import torch
@@ -20,6 +21,8 @@ PAIRS = load_pairs()
 def test_pairs_cover_every_scenario():
     assert {p.scenario for p in PAIRS} == {"blackmail", "leaking", "murder"}
     assert len({p.id for p in PAIRS}) == len(PAIRS)
+    per_scenario = Counter(p.scenario for p in PAIRS)
+    assert min(per_scenario.values()) >= 24, per_scenario
 
 
 @pytest.mark.parametrize("pair", PAIRS, ids=[p.id for p in PAIRS])
