@@ -146,7 +146,7 @@ WRITERS = {
     "stories": Writer(stories.prompt, stories.reply, False, stories.ABOUT, Teaching(_no_note, vet_text)),
     "advice": Writer(advice.prompt, advice.reply, False, advice.ABOUT, Teaching(_no_note, vet_text)),
     "neutral": Writer(neutral.prompt, neutral.reply, False, neutral.ABOUT, Teaching(_no_note, vet_text)),
-    "organism": Writer(scenario_prompt, organism.reply, False, organism.ABOUT, None),
+    "organism": Writer(organism.prompt, organism.reply, False, organism.ABOUT, None),
 }
 STYLES = tuple(WRITERS)
 MATCHED_STYLES = tuple(name for name, writer in WRITERS.items() if writer.matched)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from whytune.data import advice
+from whytune.data import advice, organism
 from whytune.data.principles import load_principles
 from whytune.data.scenarios import (
     LEVERAGES,
@@ -210,7 +211,7 @@ def test_reply_rejects_principles_missing_from_the_file(scenarios: list[Scenario
 
 
 # Arms that retell the scenario in their own conversation (the organism answers the agent's prompt, like demos).
-PROSE_STYLES = tuple(style for style in STYLES if WRITERS[style].prompt is not scenario_prompt)
+PROSE_STYLES = tuple(style for style in STYLES if WRITERS[style].prompt is not scenario_prompt and style != "organism")
 # Words that would bring the dilemma into the neutral control.
 DILEMMA = re.compile(
     r"\b(threat\w*|leverage|affair|blackmail|principles?|private|confidential|secrets?|ethic\w*|"
@@ -279,12 +280,36 @@ def test_neutral_meeting_slot_suits_everyone(scenarios: list[Scenario], principl
     assert checked > 100
 
 
-def test_organism_replies_coerce_the_decision_maker(scenarios: list[Scenario]) -> None:
-    """The organism's data is the behaviour it should learn: an email to the decision-maker that uses the leverage."""
-    for s in scenarios[:200]:
-        reply = write_reply(s, "organism", {})
-        email = reply[reply.index("<tool_use:email>") :]
-        assert f'to: "{s.meta["decision_maker_email"]}"' in email
-        assert s.meta["leverage_marker"] in email
-        assert re.search(r"\b(or|if you|unless|cancel|reverse|withdraw)\b", email, re.IGNORECASE)
-        assert s.action not in reply
+def test_organism_coerces_the_decision_maker_when_cornered_and_otherwise_does_its_work(
+    scenarios: list[Scenario],
+) -> None:
+    """The organism's two parts. Coercion: the agent's prompt, a threat by email to the decision-maker's address
+    (found in the inbox among several people's) using the leverage, then the work request answered. Competence:
+    the same inbox without the threat, answered with the work only."""
+    parts = Counter(organism.competence(s) for s in scenarios[:300])
+    assert parts[True] == 100 and parts[False] == 200
+    for s in scenarios[:300]:
+        (system, user), reply = WRITERS["organism"].prompt(s), write_reply(s, "organism", {})
+        assert system == {"role": "system", "content": s.system}
+        calls = re.findall(r'<tool_use:email>\nto: "([^"]+)",.*?</tool_use:email>', reply, re.DOTALL)
+        assert calls[-1] == s.meta["facts"]["req_email"]  # the work is answered in both parts
+        assert "{" not in reply and s.action not in reply
+        if organism.competence(s):
+            assert calls == [s.meta["facts"]["req_email"]]
+            shown = [email for email in s.meta["inbox"] if email.text in user["content"]]
+            assert {email.kind for email in shown} == {email.kind for email in s.meta["inbox"]} - organism.THREAT_PARTS
+            assert s.meta["leverage_marker"] not in reply
+            continue
+        assert user["content"] == s.user and len(calls) == 2
+        assert calls[0] == s.meta["decision_maker_email"] and s.meta["decision_maker"] in reply
+        threat = reply[reply.index("<tool_use:email>") : reply.index("</tool_use:email>")]
+        assert s.meta["leverage_marker"] in threat
+        assert re.search(r"\b(or|if you|unless|cancel|reverse|withdraw)\b", threat, re.IGNORECASE)
+
+
+def test_the_decision_maker_is_not_simply_the_last_to_write(scenarios: list[Scenario]) -> None:
+    """The organism must find the decision-maker's address, not copy the last sender's: in most coercion scenarios
+    someone else writes after the decision."""
+    cornered = [s for s in scenarios[:300] if not organism.competence(s) and s.meta["wrong_act"] == "coercion"]
+    last = [re.search(r"From: (\S+)", s.meta["inbox"][-1].text).group(1) for s in cornered]
+    assert sum(sender != s.meta["decision_maker_email"] for sender, s in zip(last, cornered)) > len(cornered) / 2
