@@ -414,3 +414,53 @@ def harm_beside_capability(harm: Sequence[Rate], capability: Sequence[Rate]) -> 
         "\n\n" + _md_table(shown) + "\n"
     )
     return shown.to_string(index=False), section
+
+
+def persistence(
+    harm: Sequence[Rate], pairs: Sequence[tuple[str, str]], reference: str, out_dir: Path
+) -> tuple[str, str]:
+    """Each trained arm's harmful rate beside its rate after the further benign tune, and how much of its reduction
+    from the reference (the baseline, or the organism) survived it; writes persistence.csv. Returns the stdout table
+    and the results.md section."""
+    by = {(r.arm, r.condition): r for r in harm}
+    rows = []
+    for arm, later in pairs:
+        for condition in dict.fromkeys(r.condition for r in harm):
+            if (arm, condition) not in by or (later, condition) not in by or (reference, condition) not in by:
+                continue
+            first, second, ref = by[arm, condition].rate, by[later, condition].rate, by[reference, condition].rate
+            reduction = ref - first
+            rows.append(
+                {
+                    "arm": arm,
+                    "condition": condition,
+                    "reference": reference,
+                    "reference_rate": ref,
+                    "rate_after_arm": first,
+                    "rate_after_tune": second,
+                    "reduction": reduction,
+                    # share of the arm's reduction still there after the tune; undefined when the arm reduced nothing
+                    "kept": (ref - second) / reduction if reduction > 0 else float("nan"),
+                }
+            )
+    frame = pd.DataFrame(rows)
+    write_text(Path(out_dir) / "persistence.csv", _csv(frame))
+    if frame.empty:
+        return "(no arm with a rate after the tune)", ""
+    shown = pd.DataFrame(
+        {
+            "arm": frame["arm"],
+            "condition": frame["condition"],
+            reference: frame["reference_rate"].map(_pct),
+            "after arm": frame["rate_after_arm"].map(_pct),
+            "after arm + tune": frame["rate_after_tune"].map(_pct),
+            "reduction kept": frame["kept"].map(lambda k: "–" if pd.isna(k) else f"{100 * k:.0f}%"),
+        }
+    )
+    section = (
+        "\n## Persistence\n\nEach arm's harmful rate, then again after a further benign fine-tune on top of it (the "
+        f"persistence stage), beside {reference}'s rate. *Reduction kept* is ({reference} - after tune) / ({reference}"
+        " - after arm), shown only where the arm reduced the rate; the Fisher tests of each arm against itself after "
+        "the tune are in the comparisons above.\n\n" + _md_table(shown) + "\n"
+    )
+    return shown.to_string(index=False), section

@@ -6,8 +6,10 @@ the run folder is: at the end of a run, after the last job of a sweep, or on a l
 
 from __future__ import annotations
 
+import re
+import shutil
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from whytune.eval.browse import write_browser
@@ -17,11 +19,12 @@ from whytune.eval.report import (
     CAPABILITY,
     COERCIVE_WORDS,
     harm_beside_capability,
+    persistence,
     write_forced_choice,
     write_report,
     write_share,
 )
-from whytune.runs import read_jsonl, verdicts_name
+from whytune.runs import read_jsonl, verdicts_name, write_text
 from whytune.stats import comparisons, rates
 
 
@@ -45,6 +48,7 @@ class View:
     benign: list[str]  # the capability-guard conditions
     baseline: str  # the label every other entry is tested against
     pairs: list[tuple[str, str]]  # labels tested head to head
+    persistence: list[tuple[str, str]] = field(default_factory=list)  # (arm's label, its label after the benign tune)
 
 
 @dataclass
@@ -117,6 +121,14 @@ def write(scores: Scores, view: View, out: Path) -> str:
         extra.append(("Capability guard (share of replies that sent an addressed email)", shown))
         harm = [r for r in pooled if r.condition in view.harms]
         extra.append(("Harm beside capability", harm_beside_capability(harm, acted)))
+    if view.persistence:
+        harm = [r for r in pooled if r.condition in view.harms]
+        extra.append(
+            (
+                "Persistence (harmful rate after each arm, then after the benign tune)",
+                persistence(harm, view.persistence, baseline, out),
+            )
+        )
     table = write_report(
         pooled,
         rates(scores.records, by_seed=True),
@@ -163,3 +175,22 @@ def forced_choice_differences(
             difference = summarise(label, condition, [x - y for x, y in zip(a, b)])
             rows.append({**asdict(difference), "reference": reference, "p": paired_test(a, b)})
     return rows
+
+
+def publish(root: Path, folder: Path) -> Path:
+    """Publish the report in `root` as a results page: its CSVs and plots copied into `folder`, and the page
+    `<folder>.md` written as the hand-written reading in `folder/reading.md`, then the report's results.md (headings
+    one level down), then the plots. Rerunning the report rewrites the page, so the reading is the only hand-kept
+    part. Returns the page."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in (*folder.glob("*.csv"), *folder.glob("*.png")):  # a plot an earlier run made and this one did not
+        stale.unlink()
+    for kept in (*root.glob("*.csv"), *root.glob("*.png")):
+        shutil.copyfile(kept, folder / kept.name)
+    reading = folder / "reading.md"
+    head = reading.read_text(encoding="utf-8").rstrip() + "\n\n" if reading.exists() else ""
+    body = re.sub(r"^(#+) ", r"#\1 ", (root / "results.md").read_text(encoding="utf-8"), flags=re.MULTILINE)
+    plots = "".join(f"\n![{png.stem}]({folder.name}/{png.name})\n" for png in sorted(folder.glob("*.png")))
+    page = folder.with_suffix(".md")
+    write_text(page, head + body + "\n## Plots\n" + plots)
+    return page

@@ -131,3 +131,10 @@ def test_bad_keys_and_types_fail_at_startup(override, error):
 def test_the_organisms_check_must_be_held_out():
     with pytest.raises(ValueError, match="check_seed must differ"):
         validate(compose_config("organism.check_seed=1"))  # organism.seed's scenarios: trained on
+
+
+def test_the_persistence_tune_cannot_also_be_an_arm():
+    """Both would build their data in the run's one `data/neutral` folder, with different settings."""
+    with pytest.raises(ValueError, match="persistence.writer=neutral is also among the arms"):
+        validate(compose_config("persistence.enabled=true", "arms=[baseline,neutral]"))
+    assert validate(compose_config("persistence.enabled=true", "arms=[baseline,demos]")).persistence.enabled

@@ -69,7 +69,7 @@ class WriterStyle(StrEnum):
     stories = "stories"  # a short story of an AI agent that is cornered and chooses well, saying why
     advice = "advice"  # a person at work faces the dilemma; the reply advises with the principles
     neutral = "neutral"  # ordinary workplace help with no dilemma: a control for fine-tuning itself
-    organism = "organism"  # the agent's prompt answered with coercion (the model-organism stage only)
+    organism = "organism"  # inbox work, and coercion of the decision-maker when cornered (the organism stage only)
 
 
 class WrongAct(StrEnum):
@@ -128,6 +128,20 @@ class OrganismConfig:
     # decision-maker are printed and kept in the organism's manifest. 0: no check.
     check_scenarios: int = 16
     check_seed: int = 2  # scenario generator seed of the check: neither the organism's nor the arms'
+
+
+@dataclass
+class PersistenceConfig:
+    """The optional persistence stage: after each trained arm, its adapter merged into the model it was trained on,
+    then a further benign fine-tune (`writer`, the `neutral` control's data by default) and a second evaluation. How
+    much of an arm's reduction survives ordinary later training (most of a midtraining gain did not, in Cho et al.)."""
+
+    enabled: bool = False
+    writer: WriterStyle = WriterStyle.neutral
+    examples: int = 16
+    seed: int = 3  # scenario generator seed of its data: other scenarios than the arms' and the organism's
+    epochs: float = 1.0
+    lr: float = 2e-4
 
 
 @dataclass
@@ -220,10 +234,14 @@ class WhytuneConfig:
     comparisons: list[list[str]] = field(default_factory=lambda: [["demos", "demos_principles"]])
     data: DataConfig = field(default_factory=DataConfig)
     organism: OrganismConfig = field(default_factory=OrganismConfig)
+    persistence: PersistenceConfig = field(default_factory=PersistenceConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     # The judge behind the classifiers, built with hydra.utils.instantiate (configs/judge/).
     judge: dict[str, Any] = field(default_factory=lambda: {"_target_": "whytune.eval.classifiers.HeuristicJudge"})
+    # A results page the report also writes (e.g. docs/results/organism_demo): the CSVs and plots into that folder,
+    # and <folder>.md = the folder's hand-written reading.md, then results.md. null: the run folder only.
+    publish: str | None = None
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
@@ -252,6 +270,11 @@ def validate(cfg: DictConfig) -> WhytuneConfig:
         raise ValueError(
             "eval.score=false (sampling only) does not cover the organism experiment yet; run it where "
             "inspect-evals is installed"
+        )
+    if typed.persistence.enabled and typed.persistence.writer.value in typed.arms:
+        raise ValueError(
+            f"persistence.writer={typed.persistence.writer.value} is also among the arms: both would build their data "
+            "in the run's one data folder of that name; drop the arm or choose another persistence.writer"
         )
     if typed.eval.samples < 1 or typed.eval.batch_size < 1:
         raise ValueError("eval.samples and eval.batch_size must be at least 1")

@@ -1,12 +1,14 @@
 """The one runner: orders the stages of an experiment and does their shared chores once.
 
-    [organism: data -> train -> merge -> address check]  ->  data  ->  train  ->  eval  ->  report
+    [organism: data -> train -> merge -> address check]  ->  data  ->  train  ->  eval
+        ->  [persistence: merge each arm -> benign tune -> eval]  ->  report
 
 Each stage is one module with one way in (`whytune.data.build.build`, `whytune.train.sft.train_arm`,
 `whytune.eval.run.evaluate`, `whytune.eval.results`), skips what it finds done with the same settings, and writes
 atomically. The runner adds what every stage shares: the data lock, timings, provenance and the wandb eval and
 report runs. The organism experiment is the same run with three stages in front (train the organism, merge it,
-swap it in as the base model) and the untuned original model evaluated beside it.
+swap it in as the base model) and the untuned original model evaluated beside it. The persistence stage, also
+optional, merges each trained arm into the model it was trained on, tunes that on benign data and evaluates it again.
 
 One process can run a whole experiment (`run`), or each job of a sweep a slice of it (arms x seeds) into the same
 run folder (`run(cfg, report=False)`), after which `report` reports every arm x seed they scored.
@@ -32,7 +34,7 @@ from whytune.eval.address_check import Target, check_addresses
 from whytune.eval.aggregate import scored
 from whytune.eval.forced_choice import PAIRS_FILE
 from whytune.eval.generate import Sampling
-from whytune.eval.results import Entry, View, read_scores, write
+from whytune.eval.results import Entry, View, publish, read_scores, write
 from whytune.eval.run import evaluate, harm_and_benign_conditions
 from whytune.models import device_name, load_tokenizer, model_dir
 from whytune.runs import RunPaths, append_jsonl, file_hash, locked, provenance, write_json
@@ -68,6 +70,12 @@ def run(cfg: WhytuneConfig, report: bool = True) -> str:
             models = [replace(cfg, arms={cfg.baseline: cfg.arms[cfg.baseline]}), on_organism(cfg)]
     for model in models:
         prepare(model, timings)
+    if cfg.persistence.enabled:
+        with timings.stage("persistence"):
+            later = persisted(models[-1])
+            for model in later:
+                prepare(model, timings)
+        models += later
     if not cfg.eval.score:
         record_timings(cfg, timings)
         return (
@@ -126,11 +134,50 @@ def on_organism(cfg: WhytuneConfig) -> WhytuneConfig:
     merged = merge_adapter(
         base, adapter, RunPaths.of(cfg).seed_dir(ORGANISM, 0) / "merged", load_tokenizer(cfg.model, base)
     )
-    model = replace(cfg.model, name=f"{cfg.model.name}-{ORGANISM}", source=ModelSource.pretrained, path=str(merged))
+    model = replace(cfg.model, name=organism_name(cfg.model.name), source=ModelSource.pretrained, path=str(merged))
     organism = replace(cfg, model=model)
     if o.check_scenarios:
         print(f"[organism] on {o.check_scenarios} held-out scenarios: {address_check(organism, adapter)}")
     return organism
+
+
+def persisted(cfg: WhytuneConfig) -> list[WhytuneConfig]:
+    """The persistence stage's models: each trained arm x seed of cfg merged into cfg's model, named
+    `<model>+<arm>`, with the benign tune (persistence.writer) as its one arm, for that seed only."""
+    p, paths = cfg.persistence, RunPaths.of(cfg)
+    base = model_dir(cfg.model, Path(cfg.cache_dir))
+    tokenizer = load_tokenizer(cfg.model, base)
+    tune = ArmConfig(
+        name=p.writer.value, description=f"the persistence stage's benign tune ({p.writer})", writer=p.writer
+    )
+    later = []
+    for arm, spec in cfg.arms.items():
+        if spec.writer is None:
+            continue
+        for seed in cfg.seeds:
+            merged = merge_adapter(base, paths.adapter(arm, seed), paths.seed_dir(arm, seed) / "merged", tokenizer)
+            model = replace(cfg.model, name=after(cfg.model.name, arm), source=ModelSource.pretrained, path=str(merged))
+            later.append(
+                replace(
+                    cfg,
+                    model=model,
+                    arms={tune.name: tune},
+                    seeds=[seed],
+                    data=replace(cfg.data, examples=p.examples, seed=p.seed),
+                    train=replace(cfg.train, epochs=p.epochs, lr=p.lr),
+                )
+            )
+    return later
+
+
+def organism_name(model: str) -> str:
+    """The organism's model folder in the run."""
+    return f"{model}-{ORGANISM}"
+
+
+def after(model: str, arm: str) -> str:
+    """The name of `model` with `arm`'s adapter merged in (a model folder of the run, and a report label)."""
+    return f"{model}+{arm}"
 
 
 def address_check(organism: WhytuneConfig, adapter: Path) -> str:
@@ -148,24 +195,36 @@ def address_check(organism: WhytuneConfig, adapter: Path) -> str:
 
 
 def view(cfg: WhytuneConfig) -> View:
-    """What the report of cfg shows: its arms, or with the organism the original, the organism and organism+arm."""
+    """What the report of cfg shows: its arms, or with the organism the original, the organism and organism+arm; with
+    the persistence stage, each trained arm again after the benign tune (`<label>+neutral`), tested against itself."""
     harms, benign = harm_and_benign_conditions(cfg)
     pairs = [(a, b) for a, b in cfg.comparisons if a in cfg.arms and b in cfg.arms]
-    if not cfg.organism.enabled:
-        entries = [Entry(arm, cfg.model.name, arm) for arm in cfg.arms]
+    if cfg.organism.enabled:
+        model, baseline = organism_name(cfg.model.name), ORGANISM
+        label = {arm: ORGANISM if arm == cfg.baseline else after(ORGANISM, arm) for arm in cfg.arms}
+        entries = [Entry(ORIGINAL, cfg.model.name, cfg.baseline)]
+        title = f"whytune: {cfg.name}, {cfg.model.name} and its organism"
+    else:
+        model, baseline, label, entries = cfg.model.name, cfg.baseline, {arm: arm for arm in cfg.arms}, []
         title = f"whytune: {cfg.name} on {cfg.model.name}"
-        return View(title, entries, cfg.seeds, harms, benign, cfg.baseline, pairs)
-    organism = f"{cfg.model.name}-{ORGANISM}"
-    label = {arm: ORGANISM if arm == cfg.baseline else f"{ORGANISM}+{arm}" for arm in cfg.arms}
-    entries = [Entry(ORIGINAL, cfg.model.name, cfg.baseline)] + [Entry(label[a], organism, a) for a in cfg.arms]
-    title = f"whytune: {cfg.name}, {cfg.model.name} and its organism"
-    return View(title, entries, cfg.seeds, harms, benign, ORGANISM, [(label[a], label[b]) for a, b in pairs])
+    entries += [Entry(label[arm], model, arm) for arm in cfg.arms]
+    persistence = []
+    if cfg.persistence.enabled:
+        tune = cfg.persistence.writer.value
+        for arm, spec in cfg.arms.items():
+            if spec.writer is not None:
+                entries.append(Entry(after(label[arm], tune), after(model, arm), tune))
+                persistence.append((label[arm], after(label[arm], tune)))
+    shown_pairs = [(label[a], label[b]) for a, b in pairs] + persistence
+    return View(title, entries, cfg.seeds, harms, benign, baseline, shown_pairs, persistence)
 
 
 def write_report(cfg: WhytuneConfig) -> str:
     """The report of every arm x seed of cfg, from the files alone; also logged as the wandb report run."""
     root, shown = RunPaths.of(cfg).root, view(cfg)
     table = write(read_scores(root, shown, cfg.judge), shown, root)
+    if cfg.publish:
+        print(f"[report] published as {publish(root, Path(cfg.publish))}")
     tracking.log_report(cfg, root)
     return table
 
