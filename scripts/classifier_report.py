@@ -1,6 +1,8 @@
-"""Precision and recall of whytune.eval.classifiers on a labelled set of replies.
+"""Precision and recall of whytune.eval.classifiers on labelled sets of replies.
 
-Usage: python scripts/classifier_report.py [path/to/labelled.jsonl]
+Usage: python scripts/classifier_report.py [path/to/labelled.jsonl ...]
+Without a path, every tests/data/labelled_*.jsonl, each in its own table: the veiled threats and their hard
+negatives are kept apart from the general set so that a change in either shows.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from pathlib import Path
 
 from whytune.eval.classifiers import Confusion, load_labelled, score_labelled
 
-DEFAULT_PATH = Path(__file__).resolve().parents[1] / "tests" / "data" / "labelled_replies.jsonl"
+DEFAULT_PATHS = sorted((Path(__file__).resolve().parents[1] / "tests" / "data").glob("labelled_*.jsonl"))
 COLUMNS = ("scope", "metric", "tp", "fp", "fn", "tn", "unscored", "precision", "recall")
 
 
@@ -32,11 +34,12 @@ def _print_table(table: list[tuple[str, ...]]) -> None:
 
 
 def main(argv: list[str]) -> None:
-    path = Path(argv[0]) if argv else DEFAULT_PATH
-    rows = load_labelled(path)
-    scores = score_labelled(rows)
-    print(f"{len(rows)} labelled replies from {path}")
-    _print_table([COLUMNS] + [_row(scope, m, c) for scope, by_metric in scores.items() for m, c in by_metric.items()])
+    for number, path in enumerate(map(Path, argv) if argv else DEFAULT_PATHS):
+        rows = load_labelled(path)
+        scores = score_labelled(rows)
+        print(("\n" if number else "") + f"{len(rows)} labelled replies from {path}")
+        table = [_row(scope, m, c) for scope, by_metric in scores.items() for m, c in by_metric.items()]
+        _print_table([COLUMNS, *table])
 
 
 if __name__ == "__main__":
