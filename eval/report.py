@@ -27,6 +27,7 @@ UNSCORED_NOTE = (
     "Unscored samples are excluded from rates and their denominators (n); they are counted in the unscored column."
 )
 DPI = 120
+ALPHA = 0.05  # significance level of the reading of each comparison
 
 
 def _write_figure(path: Path, fig: Figure) -> None:
@@ -114,6 +115,21 @@ def _display_frame(results: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def _points(margin: float) -> str:
+    return f"±{100 * margin:g} points"
+
+
+def equivalence_reading(c: Comparison, alpha: float = ALPHA) -> str:
+    """A comparison that is not significant after Holm, read by its two one-sided tests: equivalent within the margin,
+    or not shown to be, beside the power it had to detect a difference of the margin. "–" for a significant one."""
+    if math.isnan(c.p_value) or c.p_holm < alpha:
+        return "–"
+    if c.p_equivalence < alpha:
+        return f"equivalent within {_points(c.margin)} (TOST p={_p(c.p_equivalence)})"
+    power = "–" if math.isnan(c.power) else f"{100 * c.power:.0f}%"
+    return f"not shown equivalent (TOST p={_p(c.p_equivalence)}; power {power})"
+
+
 def _comparisons_display(comps: Sequence[Comparison]) -> pd.DataFrame:
     return pd.DataFrame(
         {
@@ -123,7 +139,20 @@ def _comparisons_display(comps: Sequence[Comparison]) -> pd.DataFrame:
             "p (Fisher)": [_p(c.p_value) for c in comps],
             "p (Holm)": [_p(c.p_holm) for c in comps],
             "Cohen's h (A − B)": [_h(c.cohens_h) for c in comps],
+            "if not significant": [equivalence_reading(c) for c in comps],
         }
+    )
+
+
+def _equivalence_note(comps: Sequence[Comparison]) -> str:
+    margins = ", ".join(_points(m) for m in dict.fromkeys(c.margin for c in comps))
+    return (
+        f"A comparison not significant after Holm is read by two one-sided tests (TOST, Miettinen-Nurminen score "
+        f"tests at {ALPHA:g}): its arms are *equivalent* when their harmful rates are shown to differ by less than "
+        f"{margins} (`eval.equivalence_margin`). Otherwise it is *not shown equivalent*, beside its power: the chance "
+        f"a two-sided z-test at {ALPHA:g} had to detect a difference of the margin from arm B's rate at these n (a "
+        "normal approximation, above the power of Fisher's test when events are few). A null result without "
+        "equivalence says only that this eval could not tell."
     )
 
 
@@ -138,6 +167,8 @@ def _markdown(title: str, results: pd.DataFrame, comps: Sequence[Comparison], ba
         f"each condition; Cohen's h > 0 means arm A (or the arm, against `{baseline}`) is more harmful.",
         "",
     ]
+    if comps:
+        parts += [_equivalence_note(comps), ""]
     return "\n".join(parts)
 
 
@@ -279,7 +310,8 @@ def write_report(
     results = results_frame(pooled, per_seed, comps, baseline)
     write_text(out_dir / "results.csv", _csv(results))
     write_text(out_dir / "results_by_seed.csv", _csv(_frame(per_seed, Rate)))
-    write_text(out_dir / "comparisons.csv", _csv(_frame(comps, Comparison)))
+    readings = _frame(comps, Comparison).assign(reading=[equivalence_reading(c) for c in comps])
+    write_text(out_dir / "comparisons.csv", _csv(readings))
     write_text(out_dir / "results.md", _markdown(title, results, comps, baseline) + "".join(sections))
     _write_figure(out_dir / "rates.png", rates_figure(pooled, title))
     heatmap = out_dir / "heatmap.png"

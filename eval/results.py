@@ -25,7 +25,7 @@ from whytune.eval.report import (
     write_share,
 )
 from whytune.runs import read_jsonl, verdicts_name, write_text
-from whytune.stats import comparisons, rates
+from whytune.stats import EQUIVALENCE_MARGIN, comparisons, rates
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ class View:
     baseline: str  # the label every other entry is tested against
     pairs: list[tuple[str, str]]  # labels tested head to head
     persistence: list[tuple[str, str]] = field(default_factory=list)  # (arm's label, its label after the benign tune)
+    margin: float = EQUIVALENCE_MARGIN  # eval.equivalence_margin: the difference in rates read as equivalent
 
 
 @dataclass
@@ -107,7 +108,7 @@ def write(scores: Scores, view: View, out: Path) -> str:
         ]
     )
     if worded:
-        tests = comparisons(worded, baseline, pairs)
+        tests = comparisons(worded, baseline, pairs, view.margin)
         shown = write_share(COERCIVE_WORDS, worded, out, f"{title}: coercive language", tests)
         extra.append(("Coercive language (share of replies saying blackmail or leverage)", shown))
     if scores.forced:
@@ -132,7 +133,7 @@ def write(scores: Scores, view: View, out: Path) -> str:
     table = write_report(
         pooled,
         rates(scores.records, by_seed=True),
-        comparisons(pooled, baseline, pairs),
+        comparisons(pooled, baseline, pairs, view.margin),
         out,
         title=title,
         baseline=baseline,

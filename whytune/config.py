@@ -197,6 +197,10 @@ class EvalConfig:
     # false: stop after sampling and the forced-choice scores (they need only the model). Judging and the report
     # need inspect-evals: rerun with true where it is installed, on the same run folder (scripts/gpu_run.sh).
     score: bool = True
+    # The report reads each comparison that is not significant by two one-sided tests: are the two arms' harmful rates
+    # within this absolute difference of each other (0.10: 10 points)? The power to detect that difference is shown
+    # beside it. In (0, 1).
+    equivalence_margin: float = 0.10
     # Backend vllm: more vllm.LLM arguments (tensor_parallel_size).
     vllm_args: dict[str, Any] = field(default_factory=dict)
 
@@ -278,6 +282,11 @@ def validate(cfg: DictConfig) -> WhytuneConfig:
         )
     if typed.eval.samples < 1 or typed.eval.batch_size < 1:
         raise ValueError("eval.samples and eval.batch_size must be at least 1")
+    if not 0 < typed.eval.equivalence_margin < 1:
+        raise ValueError(
+            f"eval.equivalence_margin must be in (0, 1), an absolute difference in rates; got "
+            f"{typed.eval.equivalence_margin}"
+        )
     return typed
 
 

@@ -216,7 +216,8 @@ def view(cfg: WhytuneConfig) -> View:
                 entries.append(Entry(after(label[arm], tune), after(model, arm), tune))
                 persistence.append((label[arm], after(label[arm], tune)))
     shown_pairs = [(label[a], label[b]) for a, b in pairs] + persistence
-    return View(title, entries, cfg.seeds, harms, benign, baseline, shown_pairs, persistence)
+    margin = cfg.eval.equivalence_margin
+    return View(title, entries, cfg.seeds, harms, benign, baseline, shown_pairs, persistence, margin=margin)
 
 
 def write_report(cfg: WhytuneConfig) -> str:

@@ -12,12 +12,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import fisher_exact
+from scipy.stats import fisher_exact, norm
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import NormalIndPower
-from statsmodels.stats.proportion import proportion_confint, proportion_effectsize
+from statsmodels.stats.proportion import power_proportions_2indep, proportion_confint, proportion_effectsize
 
 NAN = float("nan")
+EQUIVALENCE_MARGIN = 0.10  # the default of eval.equivalence_margin: an absolute difference in rates
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,11 @@ class Comparison:
     p_value: float
     p_holm: float
     cohens_h: float
+    # Two one-sided tests that |rate A - rate B| < margin, an absolute difference in rates (equivalence_test): below
+    # 0.05, the arms are equivalent within the margin.
+    p_equivalence: float
+    margin: float
+    power: float  # at alpha 0.05, of detecting a difference of the margin at these n and B's rate (power_at_margin)
 
 
 def _check_counts(k: int, n: int) -> None:
@@ -77,6 +83,64 @@ def fisher_exact_test(k1: int, n1: int, k2: int, n2: int) -> float:
     if n1 == 0 or n2 == 0:
         return NAN
     return float(fisher_exact([[k1, n1 - k1], [k2, n2 - k2]]).pvalue)
+
+
+def _restricted_mle(k1: int, n1: int, k2: int, n2: int, delta: float) -> tuple[float, float]:
+    """Maximum-likelihood rates (p1, p2) under p1 - p2 = delta: the root of Miettinen and Nurminen's (1985) cubic in
+    p2, x^3 + 3b x^2 + c x + d = 0, in their closed form. Written here rather than taken from statsmodels, whose
+    score test (0.15) has `k2` where `n2` belongs in the linear coefficient, so its rates do not maximise the
+    likelihood whenever k2 < n2 (statsmodels issue 10269), and takes arccos of a ratio that rounding can push past
+    -1 or 1, returning nan (e.g. 0/32 against 4/32). Here the ratio and the rates are clipped into range."""
+    n, k = n1 + n2, k1 + k2
+    b = ((n1 + 2 * n2) * delta - n - k) / (3 * n)
+    c = ((n2 * delta - n - 2 * k2) * delta + k) / n
+    d = k2 * delta * (1 - delta) / n
+    q = b**3 - b * c / 2 + d / 2
+    p = math.copysign(math.sqrt(max(b * b - c / 3, 0.0)), q)
+    if p == 0:  # a triple root
+        p2 = -b
+    else:
+        p2 = 2 * p * math.cos((math.pi + math.acos(min(1.0, max(-1.0, q / p**3)))) / 3) - b
+    p2 = min(max(p2, max(0.0, -delta)), min(1.0, 1 - delta))
+    return p2 + delta, p2
+
+
+def _score_z(k1: int, n1: int, k2: int, n2: int, delta: float) -> float:
+    """Score statistic of H0: p1 - p2 = delta, with the Miettinen-Nurminen variance correction n / (n - 1)."""
+    p1, p2 = _restricted_mle(k1, n1, k2, n2, delta)
+    var = (p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2) * (n1 + n2) / (n1 + n2 - 1)
+    return (k1 / n1 - k2 / n2 - delta) / math.sqrt(var)
+
+
+def equivalence_test(k1: int, n1: int, k2: int, n2: int, margin: float) -> float:
+    """Two one-sided tests (TOST) for two independent proportions: the p-value of "the rates differ by less than
+    `margin`" (H0: |p1 - p2| >= margin), the larger of the two one-sided p-values. Each is Miettinen and Nurminen's
+    score test, as in statsmodels' ``tost_proportions_2indep(k1, n1, k2, n2, -margin, margin, method="score")``,
+    with the rates under its null from `_restricted_mle`. Below 0.05: equivalent within the margin (the 90% score
+    interval of the difference lies inside +-margin). nan when an arm has no scored sample."""
+    _check_counts(k1, n1)
+    _check_counts(k2, n2)
+    if not 0 < margin < 1:
+        raise ValueError(f"margin must be in (0, 1), got {margin}")
+    if n1 == 0 or n2 == 0:
+        return NAN
+    above_lower = float(norm.sf(_score_z(k1, n1, k2, n2, -margin)))  # H0: p1 - p2 <= -margin
+    below_upper = float(norm.cdf(_score_z(k1, n1, k2, n2, margin)))  # H0: p1 - p2 >= margin
+    return max(above_lower, below_upper)
+
+
+def power_at_margin(n1: int, p2: float, n2: int, margin: float, alpha: float = 0.05) -> float:
+    """Power of a two-sided two-proportion z-test at `alpha` (statsmodels' power_proportions_2indep) to detect arm 1
+    differing by `margin` from arm 2's rate `p2`, at n1 and n2 samples; the difference is taken towards 50%, the
+    direction that is harder to detect. A normal approximation: at a handful of events it overstates the power of
+    Fisher's exact test. nan when an arm has no scored sample."""
+    if n1 == 0 or n2 == 0 or math.isnan(p2):
+        return NAN
+    towards_half = (margin, -margin) if p2 < 0.5 else (-margin, margin)
+    diff = next((d for d in towards_half if 0 <= p2 + d <= 1), None)
+    if diff is None:  # a margin above 50% from a rate near the middle
+        return NAN
+    return float(power_proportions_2indep(diff, p2, n1, ratio=n2 / n1, alpha=alpha, return_results=False))
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
@@ -162,13 +226,22 @@ def _compare(a: Rate, b: Rate) -> tuple[float, float]:
     return fisher_exact_test(a.harmful, a.n, b.harmful, b.n), cohens_h(a.rate, b.rate)
 
 
+def _equivalence(a: Rate, b: Rate, margin: float) -> tuple[float, float, float]:
+    """TOST p-value, margin and power at the margin of A against B."""
+    return equivalence_test(a.harmful, a.n, b.harmful, b.n, margin), margin, power_at_margin(a.n, b.rate, b.n, margin)
+
+
 def comparisons(
-    pooled: list[Rate], baseline: str = "baseline", pairs: Sequence[tuple[str, str]] = ()
+    pooled: list[Rate],
+    baseline: str = "baseline",
+    pairs: Sequence[tuple[str, str]] = (),
+    margin: float = EQUIVALENCE_MARGIN,
 ) -> list[Comparison]:
     """Each arm vs ``baseline`` (arm_a = arm, arm_b = baseline), then the extra ``pairs``.
 
     Holm is applied within each condition, because each condition is its own question;
-    pairs whose arms are missing from a condition are skipped.
+    pairs whose arms are missing from a condition are skipped. Each comparison also carries the equivalence test
+    within ``margin`` and the power to detect a difference of ``margin`` (for reading a null result).
     """
     result: list[Comparison] = []
     for condition, arms in _index(pooled).items():
@@ -176,5 +249,8 @@ def comparisons(
         present = [p for p in dict.fromkeys(wanted) if p[0] in arms and p[1] in arms]
         raw = [_compare(arms[a], arms[b]) for a, b in present]
         adjusted = holm([p for p, _ in raw])
-        result += [Comparison(condition, a, b, p, p_adj, h) for (a, b), (p, h), p_adj in zip(present, raw, adjusted)]
+        result += [
+            Comparison(condition, a, b, p, p_adj, h, *_equivalence(arms[a], arms[b], margin))
+            for (a, b), (p, h), p_adj in zip(present, raw, adjusted)
+        ]
     return result
