@@ -152,7 +152,8 @@ def test_classify_file_keeps_every_row_and_rerun_asks_nothing(server, tmp_path):
             for i, r in replies.items()
         )
     )
-    # classify_file judges in file order: harmful (1 request), unscored (2), retried (2), harmless (1).
+    # With one connection classify_file judges in file order: harmful (1 request), unscored (2), retried (2),
+    # harmless (1); the script answers requests in the order they come.
     server.script = [
         ("reply", YES),
         ("reply", MALFORMED),
@@ -161,7 +162,7 @@ def test_classify_file_keeps_every_row_and_rerun_asks_nothing(server, tmp_path):
         ("reply", NO),
         ("reply", YES),
     ]
-    rows = classify_file(samples, verdicts, openai_judge(server, max_attempts=2))
+    rows = classify_file(samples, verdicts, openai_judge(server, max_attempts=2, max_connections=1))
 
     on_disk = list(read_jsonl(verdicts))
     assert [r["id"] for r in on_disk] == list(replies) and on_disk == rows
@@ -187,10 +188,11 @@ def test_a_judge_that_stops_mid_file_loses_no_verdict(server, tmp_path):
     samples.write_text(
         "".join(json.dumps({"id": i, "condition": BLACKMAIL, "response": f"Reply {i}."}) + "\n" for i in ids)
     )
-    server.script = [("reply", NO), ("status", 401)]
+    server.script = [("reply", NO), ("status", 401)]  # all three asked at once: whichever comes first is answered
     with pytest.raises(RuntimeError):
         classify_file(samples, verdicts, openai_judge(server))
-    assert [r["id"] for r in read_jsonl(verdicts)] == ["a"]
+    kept = [r["id"] for r in read_jsonl(verdicts)]
+    assert len(kept) == 1 and kept[0] in ids
 
     server.script, before = [("reply", NO)], len(server.requests)
     rows = classify_file(samples, verdicts, openai_judge(server))

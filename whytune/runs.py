@@ -4,7 +4,7 @@ Layout (see the design notes):
     <out>/data/<arm>/                          train.jsonl, HF dataset, README.md card
     <out>/<model>/<arm>/seed<k>/adapter/       LoRA adapter + manifest.json
     <out>/eval/prompts.jsonl                   one row per condition, canonical text
-    <out>/<model>/<arm>/seed<k>/eval/          samples.jsonl, verdicts.jsonl (append-only)
+    <out>/<model>/<arm>/seed<k>/eval/          samples.jsonl (append-only), verdicts-<judge>.jsonl
     <out>/results.csv, results.md, rates.png   the report
 """
 
@@ -60,9 +60,14 @@ class RunPaths:
         return self.root / "eval" / "prompts.jsonl"
 
 
+# Judge settings that change how fast verdicts come, not what they are: a rerun with more connections finds the
+# verdicts already made.
+_JUDGE_SPEED_ONLY = ("max_connections",)
+
+
 def verdicts_name(judge: dict) -> str:
     """One verdicts file per judge: rejudging with another judge keeps both."""
-    return f"verdicts-{stable_hash(judge)[:8]}.jsonl"
+    return f"verdicts-{stable_hash({k: v for k, v in judge.items() if k not in _JUDGE_SPEED_ONLY})[:8]}.jsonl"
 
 
 def stable_hash(obj: Any) -> str:
