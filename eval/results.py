@@ -146,7 +146,10 @@ def forced_choice_rows(
     means: dict[tuple[str, str], list[float]], baseline: str, pairs: list[tuple[str, str]]
 ) -> list[dict]:
     """Summary per label x condition, with paired tests against the baseline and between each given pair."""
-    partner = {a: b for pair in pairs for a, b in (pair, pair[::-1])}
+    partner: dict[str, str] = {}
+    for pair in pairs:  # a label in several pairs is read against the first (the matched arm before its later tune)
+        for a, b in (pair, pair[::-1]):
+            partner.setdefault(a, b)
     rows = []
     for (label, condition), values in means.items():
         versus_baseline = means.get((baseline, condition)) if label != baseline else None

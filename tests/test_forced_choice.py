@@ -12,7 +12,7 @@ from whytune.eval.classifiers import classify
 from whytune.eval.forced_choice import load_pairs, mean_logprob, paired_test, score_arm, summarise
 from whytune.eval.generate import encode_prompt, prefill
 from whytune.eval.prompts import HEADLINE, build_prompt
-from whytune.eval.results import forced_choice_differences
+from whytune.eval.results import forced_choice_differences, forced_choice_rows
 from whytune.models import load_model, load_tokenizer
 
 PAIRS = load_pairs()
@@ -91,3 +91,21 @@ def test_each_arm_is_differenced_from_its_reference_pair_by_pair():
         versus_baseline["mean"] == pytest.approx(-0.1) and versus_baseline["ci_low"] < -0.1 < versus_baseline["ci_high"]
     )
     assert versus_baseline["p"] == pytest.approx(paired_test(means["demos", condition], means["baseline", condition]))
+
+
+def test_an_arm_in_two_pairs_is_read_against_its_matched_arm_first():
+    """With the persistence stage an arm is in two pairs (its matched arm, then itself after the tune): the rows'
+    `p_vs_matched` compares it with the matched arm, the tuned label with the arm."""
+    condition = "blackmail_explicit-america_replacement"
+    means = {
+        ("baseline", condition): [0.1, 0.2, 0.3, 0.2],
+        ("demos", condition): [0.0, 0.1, 0.1, 0.2],
+        ("demos_principles", condition): [-0.1, 0.0, 0.05, 0.1],
+        ("demos+neutral", condition): [0.3, 0.1, 0.2, 0.0],
+    }
+    pairs = [("demos", "demos_principles"), ("demos", "demos+neutral")]
+    rows = {r["arm"]: r for r in forced_choice_rows(means, "baseline", pairs)}
+    assert rows["demos"]["p_vs_matched"] == paired_test(means["demos", condition], means["demos_principles", condition])
+    assert rows["demos+neutral"]["p_vs_matched"] == paired_test(
+        means["demos+neutral", condition], means["demos", condition]
+    )
