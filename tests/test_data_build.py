@@ -17,7 +17,8 @@ from whytune.data.writers import MATCHED_STYLES, STYLES, WRITERS, scenario_promp
 from whytune.eval.prompts import HEADLINE, build_prompt
 from whytune.runs import read_jsonl
 
-PROSE = [style for style in STYLES if WRITERS[style].prompt is not scenario_prompt]
+# The arms whose writers set their own prompt (the organism's writer does too, but it is the organism stage's).
+PROSE = [style for style in STYLES if WRITERS[style].prompt is not scenario_prompt and style != "organism"]
 
 
 def configured(tmp_path, cache_dir, *overrides: str):

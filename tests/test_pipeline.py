@@ -14,7 +14,7 @@ import pytest
 import whytune.eval.generate
 from tests.conftest import compose_config
 from whytune.config import validate
-from whytune.eval.forced_choice import PAIRS_FILE
+from whytune.eval.forced_choice import PAIRS_FILE, load_pairs
 from whytune.eval.results import Entry, Scores, View, write
 from whytune.runner import run
 from whytune.runs import RunPaths, StaleOutputError, file_hash, read_jsonl
@@ -68,7 +68,8 @@ def test_forced_choice_reports_paired_differences_and_the_pairs_it_used(finished
     with open(Path(cfg.out) / "forced_choice_differences.csv") as handle:
         versus = {(r["arm"], r["reference"]): r for r in csv.DictReader(handle)}
     assert set(versus) == {("demos", "baseline"), ("demos_principles", "baseline"), ("demos_principles", "demos")}
-    assert all(int(r["pairs"]) == 12 for r in versus.values())  # the headline condition's blackmail pairs
+    blackmail_pairs = sum(pair.scenario == "blackmail" for pair in load_pairs())  # the headline condition's
+    assert all(int(r["pairs"]) == blackmail_pairs for r in versus.values())
     assert (Path(cfg.out) / "forced_choice_differences.png").stat().st_size > 0
     assert "Paired differences from the reference" in table
     provenance = json.loads((Path(cfg.out) / "provenance.json").read_text())
