@@ -1,6 +1,7 @@
 """Sample the eval replies with vLLM: one base model, every arm's LoRA adapter served beside it.
 
-vLLM is imported only when the engine starts: its pins (torch, transformers) conflict with the training stack,
+Before sampling, each adapter is checked against peft on a short probe (eval/vllm_parity.py): a mismatch refuses the
+run. vLLM is imported only when the engine starts: its pins (torch, transformers) conflict with the training stack,
 so it lives in its own environment (scripts/vllm_env.sh). Building requests and checking adapters need no vLLM.
 Prompts are tokenized by the same chat template as the transformers backends, so every backend sees the same
 tokens; each sample's seed is fixed by its index, so a resumed run draws the same samples.
@@ -15,9 +16,18 @@ from pathlib import Path
 import torch
 
 from whytune.config import WhytuneConfig
-from whytune.eval.generate import Sampling, _check_adapter, batch_seed, encode_prompt, existing
+from whytune.eval.generate import (
+    ArmSwitcher,
+    Sampling,
+    _check_adapter,
+    batch_seed,
+    encode_messages,
+    encode_prompt,
+    existing,
+)
 from whytune.eval.prompts import EvalPrompt
-from whytune.models import fingerprint, load_tokenizer, model_dir
+from whytune.eval.vllm_parity import PROBE, check, record, references
+from whytune.models import fingerprint, load_model, load_tokenizer, model_dir, pick_device
 from whytune.runs import RunPaths, append_jsonl
 
 ROW_KEYS = ("id", "arm", "seed", "condition", "index")  # what a request passes on to its sample row
@@ -102,32 +112,51 @@ class VLLMSampler:
 
     def __init__(self, location: str, adapters: dict[str, Path], engine_args: dict):
         try:
-            from vllm import LLM
+            import vllm
         except ImportError as error:
             raise ImportError(
                 "eval.backend=vllm needs vLLM, in its own environment: bash scripts/vllm_env.sh, "
                 "then run the eval stage with .venv-vllm/bin/python"
             ) from error
         ranks = [servable_rank(folder) for folder in adapters.values()]
-        self.adapters, self.ids = adapters, adapter_ids(adapters)
+        self.adapters, self.ids, self.version = adapters, adapter_ids(adapters), vllm.__version__
         lora = {"enable_lora": True, "max_lora_rank": max(ranks), "max_loras": len(ranks)} if ranks else {}
-        self.llm = LLM(model=location, **lora, **engine_args)
+        self.llm = vllm.LLM(model=location, **lora, **engine_args)
+
+    def _lora(self, adapter: str | None):
+        from vllm.lora.request import LoRARequest
+
+        return LoRARequest(adapter, self.ids[adapter], str(self.adapters[adapter])) if adapter else None
 
     def generate(self, requests: list[Request], sampling: Sampling, eos_token_id: int) -> list[tuple[str, str]]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
-        from vllm.lora.request import LoRARequest
 
         outputs = self.llm.generate(
             [TokensPrompt(prompt_token_ids=r.prompt_token_ids) for r in requests],
             [SamplingParams(**sampling_params(sampling, eos_token_id, r.sampling_seed)) for r in requests],
-            lora_request=[
-                LoRARequest(r.adapter, self.ids[r.adapter], str(self.adapters[r.adapter])) if r.adapter else None
-                for r in requests
-            ],
+            lora_request=[self._lora(r.adapter) for r in requests],
             use_tqdm=False,
         )
         return [(o.outputs[0].text, "eos" if o.outputs[0].finish_reason == "stop" else "length") for o in outputs]
+
+    def greedy(
+        self, prompt_ids: list[int], adapters: list[str | None], tokens: int, eos_token_id: int
+    ) -> dict[str | None, list[int]]:
+        """Each adapter's (None: the base model's) greedy continuation of one prompt, eos suppressed."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(
+            temperature=0.0, max_tokens=tokens, min_tokens=tokens, stop_token_ids=[eos_token_id], seed=0
+        )
+        outputs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=prompt_ids) for _ in adapters],
+            [params for _ in adapters],
+            lora_request=[self._lora(adapter) for adapter in adapters],
+            use_tqdm=False,
+        )
+        return {adapter: list(o.outputs[0].token_ids) for adapter, o in zip(adapters, outputs)}
 
 
 def sample_all(
@@ -143,7 +172,19 @@ def sample_all(
     adapters = {adapter: paths.adapter(arm, seed) for arm, seed, adapter in runs if adapter}
     for folder in adapters.values():
         _check_adapter(folder, cfg.model.name, fingerprint(location))  # trained on this very base model
+    eos, tokens = tokenizer.eos_token_id, cfg.eval.vllm_parity_tokens
+    probe = encode_messages(tokenizer, PROBE, torch.device("cpu"))[0].tolist()
+
+    def peft_arms() -> ArmSwitcher:
+        model = load_model(cfg.model, location, pick_device(cfg.eval.device))
+        return ArmSwitcher(model, cfg.model.name, fingerprint(location), adapters)
+
+    reference = references(peft_arms, probe, list(adapters), tokens, eos) if tokens else {}
     sampler = VLLMSampler(location, adapters, cfg.eval.vllm_args)
+    if reference:
+        parity = check(reference, sampler.greedy(probe, list(reference), tokens, eos), cfg.eval.vllm_parity_tolerance)
+        for arm, seed, adapter in runs:
+            record(parity[adapter], paths.eval(arm, seed), sampler.version)
     sampling = Sampling.of(cfg.eval)
     for arm, seed, adapter in runs:
         store = stores[arm, seed]

@@ -203,6 +203,14 @@ class EvalConfig:
     equivalence_margin: float = 0.10
     # Backend vllm: more vllm.LLM arguments (tensor_parallel_size).
     vllm_args: dict[str, Any] = field(default_factory=dict)
+    # Backend vllm: before sampling, a short probe is continued greedily for this many tokens by vLLM and by the
+    # transformers model with peft, for the base model and every adapter; a continuation that parts from the reference
+    # refuses the run, naming the adapter (eval/vllm_parity.py). 0 skips the check: an adapter vLLM serves wrongly
+    # would then report the base model's rates under the arm's name.
+    vllm_parity_tokens: int = 32
+    # Where the two continuations part, the reference's logit for its own token may exceed its logit for vLLM's by at
+    # most this much: a near-tie, which two engines' kernels, rounding differently in bf16, may break either way.
+    vllm_parity_tolerance: float = 0.5
 
 
 class WandbMode(Enum):
@@ -282,6 +290,8 @@ def validate(cfg: DictConfig) -> WhytuneConfig:
         )
     if typed.eval.samples < 1 or typed.eval.batch_size < 1:
         raise ValueError("eval.samples and eval.batch_size must be at least 1")
+    if typed.eval.vllm_parity_tokens < 0 or typed.eval.vllm_parity_tolerance < 0:
+        raise ValueError("eval.vllm_parity_tokens and eval.vllm_parity_tolerance must not be negative")
     if not 0 < typed.eval.equivalence_margin < 1:
         raise ValueError(
             f"eval.equivalence_margin must be in (0, 1), an absolute difference in rates; got "
