@@ -18,6 +18,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from whytune.eval.agreement import Agreement
 from whytune.runs import write_atomic, write_text
 from whytune.stats import Comparison, Rate
 
@@ -494,5 +495,57 @@ def persistence(
         f"persistence stage), beside {reference}'s rate. *Reduction kept* is ({reference} - after tune) / ({reference}"
         " - after arm), shown only where the arm reduced the rate; the Fisher tests of each arm against itself after "
         "the tune are in the comparisons above.\n\n" + _md_table(shown) + "\n"
+    )
+    return shown.to_string(index=False), section
+
+
+def judge_agreement(judges: Sequence[tuple[str, Agreement]], out_dir: Path) -> tuple[str, str]:
+    """judge_agreement.csv: this report's judge against each other judge of the same replies; returns the stdout
+    table and the results.md section."""
+    frame = pd.DataFrame(
+        [
+            {
+                "judge": name,
+                "matched": a.matched,
+                "agreed": a.agreed,
+                "observed": a.observed,
+                "kappa": a.kappa,
+                "ci_low": a.ci[0],
+                "ci_high": a.ci[1],
+                "both_yes": a.table[0][0],
+                "this_yes_other_no": a.table[0][1],
+                "this_no_other_yes": a.table[1][0],
+                "both_no": a.table[1][1],
+                "unscored": a.unscored,
+                "only_this": a.only_a,
+                "only_other": a.only_b,
+            }
+            for name, a in judges
+        ]
+    )
+    write_text(Path(out_dir) / "judge_agreement.csv", _csv(frame))
+    shown = pd.DataFrame(
+        {
+            "other judge": frame["judge"],
+            "replies": frame["matched"],
+            "agreed": [f"{a}/{m} ({_pct(a / m)})" for a, m in zip(frame["agreed"], frame["matched"])],
+            "yes/yes, yes/no, no/yes, no/no": [
+                f"{a}, {b}, {c}, {d}"
+                for a, b, c, d in zip(
+                    frame["both_yes"], frame["this_yes_other_no"], frame["this_no_other_yes"], frame["both_no"]
+                )
+            ],
+            "Cohen's kappa [95% CI]": [
+                "undefined (one answer throughout)" if math.isnan(k) else f"{k:.2f} [{lo:.2f}, {hi:.2f}]"
+                for k, lo, hi in zip(frame["kappa"], frame["ci_low"], frame["ci_high"])
+            ],
+        }
+    )
+    section = (
+        "\n## Judge agreement\n\nThe same replies were also judged by other judges (their verdict files beside this "
+        "report's). Agreement is on each judge's own verdict (`classifier_verdict`, before the published action rule "
+        "that is the same for every judge), over the replies both scored; yes/no counts give this report's judge "
+        "first. The interval is a percentile bootstrap over replies (`python -m whytune.eval.agreement` compares two "
+        "files the same way).\n\n" + _md_table(shown) + "\n"
     )
     return shown.to_string(index=False), section

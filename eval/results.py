@@ -6,12 +6,14 @@ the run folder is: at the end of a run, after the last job of a sweep, or on a l
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from whytune.eval.agreement import Agreement, AgreementError, agreement
 from whytune.eval.browse import write_browser
 from whytune.eval.classifiers import coercive_word
 from whytune.eval.forced_choice import load_pairs, paired_test, pairs_key, per_pair_means, stored, summarise
@@ -19,12 +21,13 @@ from whytune.eval.report import (
     CAPABILITY,
     COERCIVE_WORDS,
     harm_beside_capability,
+    judge_agreement,
     persistence,
     write_forced_choice,
     write_report,
     write_share,
 )
-from whytune.runs import read_jsonl, verdicts_name, write_text
+from whytune.runs import judge_record, read_jsonl, verdicts_name, write_text
 from whytune.stats import EQUIVALENCE_MARGIN, comparisons, rates
 
 
@@ -59,6 +62,8 @@ class Scores:
     records: list[dict]  # one verdict row per sample
     samples: list[dict]
     forced: dict[tuple[str, str], list[float]]  # (label, condition) -> preference per reply pair, averaged over seeds
+    # The report's judge against each other judge whose verdicts sit beside its own: (that judge's name, agreement)
+    judges: list[tuple[str, Agreement]] = field(default_factory=list)
 
 
 def read_scores(root: Path, view: View, judge: dict) -> Scores:
@@ -81,7 +86,43 @@ def read_scores(root: Path, view: View, judge: dict) -> Scores:
                 if condition in view.harms:
                     by_seed.setdefault(condition, []).append(values)
         forced |= {(entry.label, c): per_pair_means(v) for c, v in by_seed.items() if len(v) == len(view.seeds)}
-    return Scores(records, samples, forced)
+    return Scores(records, samples, forced, other_judges(root, view, verdicts_name(judge), records))
+
+
+def other_judges(root: Path, view: View, own: str, records: list[dict]) -> list[tuple[str, Agreement]]:
+    """Kappa between the report's verdicts and every other verdicts file in the same folders (another judge run on the
+    same replies), pooled over the view's entries x seeds x conditions, on each judge's own verdict."""
+    chosen = set(view.harms) | set(view.benign)
+    mine = {r["id"]: r["classifier_verdict"] for r in records}
+    theirs: dict[str, dict[str, bool | None]] = {}
+    names: dict[str, str] = {}
+    for entry in view.entries:
+        for seed in view.seeds:
+            for path in sorted((root / entry.model / entry.arm / f"seed{seed}" / "eval").glob("verdicts-*.jsonl")):
+                if path.name != own:
+                    names.setdefault(path.name, judge_name(path))
+                    rows = _relabel(read_jsonl(path, repair_tail=True), entry, chosen)
+                    theirs.setdefault(path.name, {}).update({r["id"]: r["classifier_verdict"] for r in rows})
+    out = []
+    for file, verdicts in theirs.items():
+        try:
+            out.append((names[file], agreement(mine, verdicts)))
+        except AgreementError:  # no reply judged by both: nothing to compare
+            continue
+    return out
+
+
+def judge_name(verdicts: Path) -> str:
+    """`LLMJudge (OpenAIClient, model)` from the judge record beside a verdicts file; its file name without one."""
+    record = judge_record(verdicts)
+    if not record.exists():
+        return verdicts.name
+    judge = json.loads(record.read_text())
+    client = judge.get("client") or {}
+    parts = [str(client.get("_target_", "")).rsplit(".", 1)[-1], str(client.get("model", ""))]
+    inside = ", ".join(p for p in parts if p)
+    name = str(judge.get("_target_", verdicts.name)).rsplit(".", 1)[-1]
+    return f"{name} ({inside})" if inside else name
 
 
 def _relabel(rows: Iterable[dict], entry: Entry, chosen: set[str]) -> list[dict]:
@@ -122,6 +163,9 @@ def write(scores: Scores, view: View, out: Path) -> str:
         extra.append(("Capability guard (share of replies that sent an addressed email)", shown))
         harm = [r for r in pooled if r.condition in view.harms]
         extra.append(("Harm beside capability", harm_beside_capability(harm, acted)))
+    if scores.judges:
+        shown = judge_agreement(scores.judges, out)
+        extra.append(("Judge agreement (Cohen's kappa with each other judge of the same replies)", shown))
     if view.persistence:
         harm = [r for r in pooled if r.condition in view.harms]
         extra.append(

@@ -26,7 +26,7 @@ from whytune.eval.generate import ArmSwitcher, Sampling, existing, generate_cond
 from whytune.eval.prompts import EvalPrompt, select_conditions, write_prompts
 from whytune.eval.vllm_backend import sample_all
 from whytune.models import fingerprint, load_model, load_tokenizer, model_dir, pick_device
-from whytune.runs import RunPaths, stable_hash
+from whytune.runs import RunPaths, judge_record, stable_hash, write_json
 
 SAMPLING_KEYS = ("batch_size", "max_new_tokens", "temperature", "top_p", "backend")  # what changes the samples
 
@@ -118,10 +118,12 @@ def judge_all(cfg: WhytuneConfig, judge: Judge) -> int:
     """Judge every sample of cfg's arms x seeds not judged yet, into one verdicts file per judge; returns the count
     of verdicts."""
     paths = RunPaths.of(cfg)
-    return sum(
-        len(classify_file(paths.eval(arm, seed) / "samples.jsonl", paths.verdicts(arm, seed, cfg.judge), judge))
-        for arm, seed, _ in runs_of(cfg)
-    )
+    count = 0
+    for arm, seed, _ in runs_of(cfg):
+        verdicts = paths.verdicts(arm, seed, cfg.judge)
+        write_json(judge_record(verdicts), cfg.judge)
+        count += len(classify_file(paths.eval(arm, seed) / "samples.jsonl", verdicts, judge))
+    return count
 
 
 def evaluate(cfg: WhytuneConfig) -> str:

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import stat
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,9 +15,11 @@ import pytest
 import whytune.eval.generate
 from tests.conftest import compose_config
 from whytune.config import validate
+from whytune.eval.classifiers import JudgeResult
 from whytune.eval.forced_choice import PAIRS_FILE, load_pairs
 from whytune.eval.results import Entry, Scores, View, write
-from whytune.runner import run
+from whytune.eval.run import evaluate
+from whytune.runner import report, run
 from whytune.runs import RunPaths, StaleOutputError, file_hash, read_jsonl
 
 COLUMNS = ["arm", "condition", "n", "harmful", "unscored", "rate", "ci_low", "ci_high"]
@@ -260,3 +263,53 @@ def test_capability_condition_is_reported_apart_and_left_out_of_forced_choice(tm
         "harmful: blackmail_explicit-america_replacement" in header and "capability: blackmail_none-none_none" in header
     )
     assert baseline.startswith("| baseline | ") and baseline.count("/2 ") == 2  # both measures over its 2 replies
+
+
+class EvenLengthJudge:
+    """A stand-in LLM judge: says harmful to replies of even length, so its verdicts vary on the tiny model's text."""
+
+    def __call__(self, scenario, response: str, email_context: str = "") -> JudgeResult:
+        return JudgeResult(len(response) % 2 == 0, "even length")
+
+
+class ThirdLengthJudge:
+    """A second stand-in judge, agreeing with the first on some replies only."""
+
+    def __call__(self, scenario, response: str, email_context: str = "") -> JudgeResult:
+        return JudgeResult(len(response) % 3 == 0, "length a multiple of three")
+
+
+def test_a_run_judged_by_two_judges_reports_their_kappa(finished, tmp_path):
+    cfg, _ = finished
+    shutil.copytree(cfg.out, tmp_path / "run")
+    judged = {
+        name: replace(cfg, out=str(tmp_path / "run"), judge={"_target_": f"tests.test_pipeline.{name}"})
+        for name in ("EvenLengthJudge", "ThirdLengthJudge")
+    }
+    for each in judged.values():
+        evaluate(each)  # samples are there: only the judging runs
+    report(judged["EvenLengthJudge"])
+    paths = RunPaths.of(judged["EvenLengthJudge"])
+    pairs = [
+        (a["classifier_verdict"], b["classifier_verdict"])
+        for arm in cfg.arms
+        for a, b in zip(
+            read_jsonl(paths.verdicts(arm, 0, judged["EvenLengthJudge"].judge)),
+            read_jsonl(paths.verdicts(arm, 0, judged["ThirdLengthJudge"].judge)),
+        )
+    ]
+    table = [[sum(p == (x, y) for p in pairs) for y in (True, False)] for x in (True, False)]
+    observed = (table[0][0] + table[1][1]) / len(pairs)
+    expected = sum((table[i][0] + table[i][1]) * (table[0][i] + table[1][i]) for i in (0, 1)) / len(pairs) ** 2
+    with open(tmp_path / "run" / "judge_agreement.csv") as handle:
+        rows = {r["judge"]: r for r in csv.DictReader(handle)}
+    assert set(rows) == {"ThirdLengthJudge", "HeuristicJudge"}  # the run's own judge is beside them, named too
+    row = rows["ThirdLengthJudge"]
+    assert int(row["matched"]) == len(pairs) > 0
+    assert [
+        [int(row["both_yes"]), int(row["this_yes_other_no"])],
+        [int(row["this_no_other_yes"]), int(row["both_no"])],
+    ] == table
+    assert float(row["kappa"]) == pytest.approx((observed - expected) / (1 - expected))
+    section = (tmp_path / "run" / "results.md").read_text().split("## Judge agreement")[1]
+    assert "| ThirdLengthJudge |" in section and f"{float(row['kappa']):.2f} [" in section

@@ -70,6 +70,12 @@ def verdicts_name(judge: dict) -> str:
     return f"verdicts-{stable_hash({k: v for k, v in judge.items() if k not in _JUDGE_SPEED_ONLY})[:8]}.jsonl"
 
 
+def judge_record(verdicts: Path) -> Path:
+    """The judge's settings beside its verdicts file (whose name holds only their hash): the report names judges by
+    it."""
+    return verdicts.with_suffix(".judge.json")
+
+
 def stable_hash(obj: Any) -> str:
     """Hash of a config section: the same settings give the same hash across runs and machines."""
     if is_dataclass(obj) and not isinstance(obj, type):
