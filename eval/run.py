@@ -25,7 +25,7 @@ from whytune.eval.forced_choice import load_pairs, score_arm
 from whytune.eval.generate import ArmSwitcher, Sampling, existing, generate_condition, sample_store
 from whytune.eval.prompts import EvalPrompt, select_conditions, write_prompts
 from whytune.eval.vllm_backend import sample_all
-from whytune.models import fingerprint, load_model, load_tokenizer, model_dir, pick_device
+from whytune.models import fingerprint, load_model, load_tokenizer, model_dir, model_key, pick_device
 from whytune.runs import RunPaths, judge_record, stable_hash, write_json
 
 SAMPLING_KEYS = ("batch_size", "max_new_tokens", "temperature", "top_p", "backend")  # what changes the samples
@@ -44,7 +44,7 @@ def sample_key(cfg: WhytuneConfig, paths: RunPaths, arm: str, seed: int, adapter
     """Settings that change the samples: the model, sampling, and the adapter's own training key."""
     trained = json.loads((paths.adapter(arm, seed) / "stage.json").read_text())["key"] if adapter else None
     sampling = {k: v for k, v in asdict(cfg.eval).items() if k in SAMPLING_KEYS}
-    return stable_hash({"model": asdict(cfg.model), "sampling": sampling, "adapter": trained})
+    return stable_hash({"model": model_key(cfg.model), "sampling": sampling, "adapter": trained})
 
 
 def load_arms(cfg: WhytuneConfig) -> tuple[ArmSwitcher, object]:

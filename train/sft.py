@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from whytune import tracking
 from whytune.config import CONFIG_PATH, WhytuneConfig, validate
-from whytune.models import fingerprint, load_model, load_tokenizer, model_dir
+from whytune.models import fingerprint, load_model, load_tokenizer, model_dir, model_key
 from whytune.runs import RunPaths, file_hash, mark_done, provenance, read_jsonl, stable_hash, stage_done, write_json
 
 ROLES = {"system", "user", "assistant"}
@@ -57,7 +57,7 @@ def train_key(cfg: WhytuneConfig, data_file: Path, seed: int) -> str:
     train = asdict(cfg.train)
     if not train["packing"]:
         del train["packing"]  # adapters trained before the option existed keep their key
-    return stable_hash({"model": asdict(cfg.model), "train": train, "data": file_hash(data_file), "seed": seed})
+    return stable_hash({"model": model_key(cfg.model), "train": train, "data": file_hash(data_file), "seed": seed})
 
 
 def train_arm(cfg: WhytuneConfig, arm: str, seed: int) -> Path:

@@ -36,10 +36,20 @@ class ModelConfig:
     revision: str | None = None  # pretrained: Hub revision to pin
     package: str = ""  # gguf_package: the installed package that ships the file
     file: str = ""  # gguf_package: file name inside that package
+    # gguf_package: the package ships the file in chunk packages and joins them with its own assemble(path); the
+    # conversion assembles it into a scratch folder and keeps only the converted model.
+    assemble: bool = False
+    # gguf_package: the family's own chat template, saved with the converted tokenizer when the GGUF file carries none
+    # (a base model's): a file in whytune/templates/, or trl/<file> for one TRL ships; null: the file's own.
+    chat_template: str | None = None
     dtype: str = "auto"  # torch dtype for loading: auto, float32, bfloat16
-    # A chat template with {% generation %} markers (file in whytune/templates/), for models whose own
+    # A chat template with {% generation %} markers (file in whytune/templates/, or trl/<file>), for models whose own
     # template lacks them and that TRL cannot patch; null keeps the tokenizer's template.
     train_chat_template: str | None = None
+    # The token that ends the model's turn, where the tokenizer's eos is another (Gemma's <eos> ends a document, its
+    # turns end with <end_of_turn>): sampling stops on it, forced choice ends each reply with it, TRL trains with it.
+    # null: the tokenizer's eos.
+    eos_token: str | None = None
     trust_remote_code: bool = False
     # tiny_random only: the architecture of the random model.
     hidden_size: int = 64

