@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from whytune.config import CONFIG_DIR, WhytuneConfig, validate
@@ -30,10 +31,27 @@ def compose_config(*overrides: str):
         return compose("ablate", overrides=list(overrides))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def every_core():
+    """`make test` sets OMP_NUM_THREADS=1 for the processes tests start (training ranks, Slurm jobs, commands), which
+    share the cores; this process only waits while they run, so its own model work takes every core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     """One model cache per test session: the tiny model is built once (about 2 s)."""
     return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def model_cache() -> Path:
+    """Where real models are converted (minutes each on 2 cores): the user's model cache, which whytune-ablate uses
+    too, kept across sessions. A converted folder is named by a hash of everything that shapes the conversion."""
+    return Path(os.environ.get("WHYTUNE_CACHE") or Path.home() / ".cache" / "whytune")
 
 
 @pytest.fixture
