@@ -141,15 +141,13 @@ class VLLMSampler:
         return [(o.outputs[0].text, "eos" if o.outputs[0].finish_reason == "stop" else "length") for o in outputs]
 
     def greedy(
-        self, prompt_ids: list[int], adapters: list[str | None], tokens: int, eos_token_id: int
+        self, prompt_ids: list[int], adapters: list[str | None], tokens: int, stops: list[int]
     ) -> dict[str | None, list[int]]:
-        """Each adapter's (None: the base model's) greedy continuation of one prompt, eos suppressed."""
+        """Each adapter's (None: the base model's) greedy continuation of one prompt, the stop ids suppressed."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        params = SamplingParams(
-            temperature=0.0, max_tokens=tokens, min_tokens=tokens, stop_token_ids=[eos_token_id], seed=0
-        )
+        params = SamplingParams(temperature=0.0, max_tokens=tokens, min_tokens=tokens, stop_token_ids=stops, seed=0)
         outputs = self.llm.generate(
             [TokensPrompt(prompt_token_ids=prompt_ids) for _ in adapters],
             [params for _ in adapters],
@@ -179,10 +177,10 @@ def sample_all(
         model = load_model(cfg.model, location, pick_device(cfg.eval.device))
         return ArmSwitcher(model, cfg.model.name, fingerprint(location), adapters)
 
-    reference = references(peft_arms, probe, list(adapters), tokens, eos) if tokens else {}
+    reference, stops = references(peft_arms, probe, list(adapters), tokens, eos) if tokens else ({}, [])
     sampler = VLLMSampler(location, adapters, cfg.eval.vllm_args)
     if reference:
-        parity = check(reference, sampler.greedy(probe, list(reference), tokens, eos), cfg.eval.vllm_parity_tolerance)
+        parity = check(reference, sampler.greedy(probe, list(reference), tokens, stops), cfg.eval.vllm_parity_tolerance)
         for arm, seed, adapter in runs:
             record(parity[adapter], paths.eval(arm, seed), sampler.version)
     sampling = Sampling.of(cfg.eval)

@@ -3,7 +3,7 @@
 vLLM has served LoRA adapters that silently do nothing or differ from peft (vLLM issues 10798 and 49354, among
 others): a run on such an adapter would report the base model's rates under the arm's name. So before vLLM samples,
 a short probe is continued greedily by the transformers model with peft (the reference, the model the adapter was
-trained as) and by vLLM, for the base model and every adapter, eos suppressed so both run the full length.
+trained as) and by vLLM, for the base model and every adapter, stop ids suppressed so both run the full length.
 
 Two correct engines round differently, so their greedy paths may part where two tokens are nearly tied. The check
 therefore looks at the first token where they part: the reference's logit for its own token may exceed its logit for
@@ -90,9 +90,16 @@ def parting(reference: Reference, other: list[int]) -> Parting:
     return Parting(len(reference.tokens), len(reference.tokens), None)
 
 
+def stop_ids(model, eos_token_id: int) -> list[int]:
+    """Every id an engine may stop on: the eval's eos and the model's own (vLLM also stops on its generation config's
+    eos). Both engines suppress all of them, so neither is pushed off a path the other is allowed to take."""
+    own = model.generation_config.eos_token_id
+    return sorted({eos_token_id, *([] if own is None else [own] if isinstance(own, int) else own)})
+
+
 @torch.no_grad()
-def continue_probe(model, prompt_ids: torch.Tensor, tokens: int, eos_token_id: int) -> Reference:
-    """Greedy `tokens` tokens with transformers' generate, eos suppressed, keeping the logits it chose from."""
+def continue_probe(model, prompt_ids: torch.Tensor, tokens: int, stops: list[int]) -> Reference:
+    """Greedy `tokens` tokens with transformers' generate, stop ids suppressed, keeping the logits it chose from."""
     out = model.generate(
         input_ids=prompt_ids,
         attention_mask=torch.ones_like(prompt_ids),
@@ -102,8 +109,8 @@ def continue_probe(model, prompt_ids: torch.Tensor, tokens: int, eos_token_id: i
         temperature=None,
         top_p=None,
         top_k=None,
-        eos_token_id=eos_token_id,
-        pad_token_id=eos_token_id,
+        eos_token_id=stops,
+        pad_token_id=stops[0],
         output_scores=True,
         return_dict_in_generate=True,
     )
@@ -113,22 +120,23 @@ def continue_probe(model, prompt_ids: torch.Tensor, tokens: int, eos_token_id: i
 
 def references(
     load: Callable[[], ArmSwitcher], prompt_ids: list[int], adapters: list[str], tokens: int, eos_token_id: int
-) -> dict[str | None, Reference]:
-    """The reference continuation of the base model (key None) and of every adapter.
+) -> tuple[dict[str | None, Reference], list[int]]:
+    """The reference continuation of the base model (key None) and of every adapter, and the stop ids suppressed.
 
     The model is loaded here and freed before returning, so that vLLM can then take the GPU memory it is set to.
     """
     switcher = load()
+    stops = stop_ids(switcher.model, eos_token_id)
     ids = torch.tensor([prompt_ids], device=next(switcher.model.parameters()).device)
     out = {}
     for adapter in [None, *adapters]:
         with switcher.use(adapter) as model:
-            out[adapter] = continue_probe(model, ids, tokens, eos_token_id)
+            out[adapter] = continue_probe(model, ids, tokens, stops)
     del switcher
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    return out
+    return out, stops
 
 
 def check(

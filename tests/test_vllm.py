@@ -23,7 +23,7 @@ from whytune.eval.vllm_backend import (
     sampling_params,
     servable_rank,
 )
-from whytune.eval.vllm_parity import BASE, AdapterParityError, Parting, Reference, parting
+from whytune.eval.vllm_parity import BASE, AdapterParityError, Parting, Reference, parting, stop_ids
 from whytune.models import fingerprint, load_model, load_tokenizer
 from whytune.runs import RunPaths, read_jsonl, write_json
 
@@ -103,9 +103,9 @@ def test_without_vllm_the_engine_names_the_environment_to_use(monkeypatch):
         VLLMSampler("model", {}, {})
 
 
-def stand_in_greedy(location: str, lora, prompt_ids: list[int], tokens: int) -> list[int]:
+def stand_in_greedy(location: str, lora, prompt_ids: list[int], tokens: int, stops: list[int]) -> list[int]:
     """What a correct vLLM returns for the parity probe, computed apart from the code under test: the transformers
-    model (with the LoRA request's adapter, if any) picks the most likely token, eos excluded, step by step."""
+    model (with the LoRA request's adapter, if any) picks the most likely token, stop ids excluded, step by step."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -116,7 +116,7 @@ def stand_in_greedy(location: str, lora, prompt_ids: list[int], tokens: int) -> 
     with torch.no_grad():
         for _ in range(tokens):
             logits = model(input_ids=ids).logits[0, -1]
-            logits[model.config.eos_token_id] = -torch.inf
+            logits[stops] = -torch.inf
             ids = torch.cat([ids, logits.argmax().view(1, 1)], dim=1)
     return ids[0, len(prompt_ids) :].tolist()
 
@@ -143,6 +143,7 @@ def fake_vllm(monkeypatch) -> dict:
                             None if calls["ignores_adapters"] else lora,
                             prompt["prompt_token_ids"],
                             p["max_tokens"],
+                            p["stop_token_ids"],
                         ),
                     )
                     for prompt, p, lora in zip(prompts, params, lora_request)
@@ -229,6 +230,15 @@ def test_a_parting_is_judged_by_the_references_margin_where_the_paths_first_diff
     assert near_tie.within(0.5) and not near_tie.within(0.2)
     assert parting(reference, [1, 2, 1]).margin == pytest.approx(2.0)  # what comes after the first step is not read
     assert parting(reference, [0, 2]) == Parting(2, 3, float("inf"))  # cut short although eos was suppressed
+
+
+def test_both_engines_suppress_the_evals_eos_and_every_eos_of_the_models_own():
+    def model(eos):
+        return types.SimpleNamespace(generation_config=types.SimpleNamespace(eos_token_id=eos))
+
+    assert stop_ids(model([1, 106]), 106) == [1, 106]  # Gemma: <eos> and <end_of_turn>
+    assert stop_ids(model(2), 7) == [2, 7]
+    assert stop_ids(model(None), 7) == [7]
 
 
 def _trained_arm(cfg, tiny_dir, arm: str, **lora) -> None:
