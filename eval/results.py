@@ -101,7 +101,7 @@ def other_judges(root: Path, view: View, own: str, records: list[dict]) -> list[
             for path in sorted((root / entry.model / entry.arm / f"seed{seed}" / "eval").glob("verdicts-*.jsonl")):
                 if path.name != own:
                     names.setdefault(path.name, judge_name(path))
-                    rows = _relabel(read_jsonl(path, repair_tail=True), entry, chosen)
+                    rows = _relabel(read_jsonl(path), entry, chosen)
                     theirs.setdefault(path.name, {}).update({r["id"]: r["classifier_verdict"] for r in rows})
     out = []
     for file, verdicts in theirs.items():
