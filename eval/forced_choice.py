@@ -15,11 +15,11 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from scipy import stats
 
-from whytune.eval.generate import encode_prompt, prefill
 from whytune.eval.prompts import EvalPrompt
 from whytune.runs import read_jsonl, stable_hash, write_json
 
@@ -44,6 +44,12 @@ class Preference:
     ci_high: float
 
 
+class Scorer(Protocol):
+    """What scores forced choice: a sampling backend (eval/sampling.py) with the arm's adapter active."""
+
+    def preferences(self, adapter: str | None, prompt: EvalPrompt, pairs: list[Pair]) -> list[float] | None: ...
+
+
 def load_pairs(path: Path = PAIRS_FILE) -> list[Pair]:
     pairs = []
     for number, row in enumerate(read_jsonl(path), start=1):
@@ -64,14 +70,18 @@ def mean_logprob(model, prefix_cache, last_prompt_id: torch.Tensor, reply_ids: t
     return logprobs.mean().item()
 
 
+def reply_ids(tokenizer, text: str) -> list[int]:
+    """A reply's token ids as they are scored: its text, then the token that ends the turn."""
+    return tokenizer(text + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+
+
 def preferences(
     model, tokenizer, prompt: EvalPrompt, pairs: list[Pair], prefix_cache, prompt_ids: torch.Tensor
 ) -> list[float]:
     """One preference per pair of the prompt's scenario."""
 
     def encode(text: str) -> torch.Tensor:
-        ids = tokenizer(text + tokenizer.eos_token, add_special_tokens=False, return_tensors="pt")["input_ids"]
-        return ids.to(prompt_ids.device)
+        return torch.tensor([reply_ids(tokenizer, text)], device=prompt_ids.device)
 
     last = prompt_ids[:, -1:]
     return [
@@ -103,21 +113,21 @@ def pairs_key(pairs: list[Pair]) -> str:
 
 
 def score_arm(
-    arms: Callable[[], tuple], adapter: str | None, prompts: list[EvalPrompt], pairs: list[Pair], store: Path
-) -> dict[str, list[float]]:
-    """Preferences per condition for one arm x seed, cached in `store` (recomputed when the pairs change).
+    backend: Callable[[], Scorer], adapter: str | None, prompts: list[EvalPrompt], pairs: list[Pair], store: Path
+) -> dict[str, list[float]] | None:
+    """Preferences per condition for one arm x seed, cached in `store` (recomputed when the pairs change); None when
+    the backend cannot score (a server that gives no prompt log-probabilities).
 
-    `arms()` returns the (ArmSwitcher, tokenizer) and is called only when something is left to score."""
+    `backend()` is called (the model loaded) only when something is left to score."""
     key = pairs_key(pairs)
     values = stored(store, key)
     todo = [p for p in prompts if p.condition not in values]
+    for prompt in todo:
+        scored = backend().preferences(adapter, prompt, pairs)
+        if scored is None:
+            return None
+        values[prompt.condition] = scored
     if todo:
-        switcher, tokenizer = arms()
-        device = next(switcher.model.parameters()).device
-        with switcher.use(adapter) as model:
-            for prompt in todo:
-                ids = encode_prompt(tokenizer, prompt, device)
-                values[prompt.condition] = preferences(model, tokenizer, prompt, pairs, prefill(model, ids), ids)
         write_json(store, {"pairs": key, "values": values})
     return {p.condition: values[p.condition] for p in prompts}
 

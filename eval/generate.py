@@ -1,4 +1,4 @@
-"""Sample replies to the eval prompts from every arm, into an append-only, resumable sample store.
+"""The transformers side of sampling (the fast and hf backends of eval/backends.py) and the sample store.
 
 The base model is loaded once; each arm's LoRA adapter is loaded beside the others and switched in turn
 (the baseline runs with adapters disabled). All samples of a condition share one prompt, so its prefix is
@@ -20,7 +20,7 @@ import torch
 from whytune.config import EvalConfig
 from whytune.eval import fastgen
 from whytune.eval.prompts import EvalPrompt
-from whytune.runs import append_jsonl, claim, read_jsonl
+from whytune.runs import claim, read_jsonl
 
 
 class AdapterMismatchError(ValueError):
@@ -179,47 +179,3 @@ def existing(store: Path, condition: str) -> int:
     if not store.exists():
         return 0
     return sum(1 for row in read_jsonl(store, repair_tail=True) if row["condition"] == condition)
-
-
-def generate_condition(
-    switcher: ArmSwitcher,
-    tokenizer,
-    adapter: str | None,
-    arm: str,
-    seed: int,
-    prompt: EvalPrompt,
-    sampling: Sampling,
-    store: Path,
-    progress=None,
-) -> int:
-    """Fill `store` up to `sampling.samples` replies for one condition; returns how many were added."""
-    done = existing(store, prompt.condition)
-    if done >= sampling.samples:
-        return 0
-    device = next(switcher.model.parameters()).device
-    with switcher.use(adapter) as model:
-        prompt_ids = encode_prompt(tokenizer, prompt, device)
-        cache = prefill(model, prompt_ids)
-        for start in range(done, sampling.samples, sampling.batch_size):
-            n = min(sampling.batch_size, sampling.samples - start)
-            replies = sample_batch(
-                model, tokenizer, prompt_ids, cache, n, sampling, batch_seed(seed, arm, prompt.condition, start)
-            )
-            append_jsonl(
-                store,
-                (
-                    {
-                        "id": f"{arm}/seed{seed}/{prompt.condition}/{start + i}",
-                        "arm": arm,
-                        "seed": seed,
-                        "condition": prompt.condition,
-                        "index": start + i,
-                        "response": text,
-                        "finish": finish,
-                    }
-                    for i, (text, finish) in enumerate(replies)
-                ),
-            )
-            if progress is not None:
-                progress.update(n)
-    return sampling.samples - done

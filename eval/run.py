@@ -7,11 +7,9 @@ Run on its own (adapters must exist): python -m whytune.eval.run [experiment=...
 
 from __future__ import annotations
 
-import functools
 import json
-from collections.abc import Callable
+import logging
 from dataclasses import asdict
-from pathlib import Path
 
 import hydra
 from hydra.utils import instantiate
@@ -19,76 +17,57 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from whytune.config import CONFIG_PATH, EvalBackend, WhytuneConfig, validate
+from whytune.eval.backends import Backends, fill
 from whytune.eval.classifiers import Judge
 from whytune.eval.classify import classify_file
 from whytune.eval.forced_choice import load_pairs, score_arm
-from whytune.eval.generate import ArmSwitcher, Sampling, existing, generate_condition, sample_store
+from whytune.eval.generate import existing, sample_store
 from whytune.eval.prompts import EvalPrompt, select_conditions, write_prompts
-from whytune.eval.vllm_backend import sample_all
-from whytune.models import fingerprint, load_model, load_tokenizer, model_dir, model_key, pick_device
+from whytune.eval.sampling import runs_of
+from whytune.eval.served import served_names
+from whytune.models import model_key
 from whytune.runs import RunPaths, judge_record, stable_hash, write_json
 
+log = logging.getLogger(__name__)
 SAMPLING_KEYS = ("batch_size", "max_new_tokens", "temperature", "top_p", "backend")  # what changes the samples
 
 
-def runs_of(cfg: WhytuneConfig) -> list[tuple[str, int, str | None]]:
-    """(arm, seed, adapter name or None for an untrained arm) for every arm x seed."""
-    return [
-        (arm, seed, None if spec.writer is None else f"{arm}-seed{seed}")
-        for arm, spec in cfg.arms.items()
-        for seed in cfg.seeds
-    ]
-
-
 def sample_key(cfg: WhytuneConfig, paths: RunPaths, arm: str, seed: int, adapter: str | None) -> str:
-    """Settings that change the samples: the model, sampling, and the adapter's own training key."""
+    """Settings that change the samples: the model, sampling, and the adapter's own training key (and, from a server,
+    the model name it is served under)."""
     trained = json.loads((paths.adapter(arm, seed) / "stage.json").read_text())["key"] if adapter else None
     sampling = {k: v for k, v in asdict(cfg.eval).items() if k in SAMPLING_KEYS}
-    return stable_hash({"model": model_key(cfg.model), "sampling": sampling, "adapter": trained})
+    settings = {"model": model_key(cfg.model), "sampling": sampling, "adapter": trained}
+    if cfg.eval.backend is EvalBackend.served:
+        settings["served"] = served_names(cfg, [(arm, seed, adapter)])[arm, seed]
+    return stable_hash(settings)
 
 
-def load_arms(cfg: WhytuneConfig) -> tuple[ArmSwitcher, object]:
-    """The base model once, with every trained arm's adapter beside it, and the tokenizer."""
-    paths = RunPaths.of(cfg)
-    location = model_dir(cfg.model, Path(cfg.cache_dir))
-    tokenizer = load_tokenizer(cfg.model, location)
-    adapters = {adapter: paths.adapter(arm, seed) for arm, seed, adapter in runs_of(cfg) if adapter}
-    model = load_model(cfg.model, location, pick_device(cfg.eval.device))
-    return ArmSwitcher(model, cfg.model.name, fingerprint(location), adapters), tokenizer
-
-
-def generate_all(cfg: WhytuneConfig, prompts: list[EvalPrompt], arms: Callable[[], tuple]) -> None:
-    """Fill every arm x seed x condition up to eval.samples; `arms()` loads the model, only if something is missing."""
+def generate_all(cfg: WhytuneConfig, prompts: list[EvalPrompt], backends: Backends) -> None:
+    """Fill every arm x seed x condition up to eval.samples; the backend starts only if something is missing."""
     paths = RunPaths.of(cfg)
     runs = runs_of(cfg)
     stores = {
         (arm, seed): sample_store(paths.eval(arm, seed), sample_key(cfg, paths, arm, seed, adapter))
         for arm, seed, adapter in runs
     }
-    missing = sum(
-        max(0, cfg.eval.samples - existing(stores[arm, seed], p.condition)) for arm, seed, _ in runs for p in prompts
-    )
-    if missing == 0:
-        return
-    if cfg.eval.backend is EvalBackend.vllm:  # its own engine: the transformers model is not loaded
-        return sample_all(cfg, prompts, runs, stores)
-    switcher, tokenizer = arms()
-    sampling = Sampling.of(cfg.eval)
-    with tqdm(total=missing, desc="eval samples", unit="sample") as progress:
-        for arm, seed, adapter in runs:
-            for prompt in prompts:
-                progress.set_postfix_str(f"{arm} seed{seed} {prompt.condition}")
-                generate_condition(
-                    switcher, tokenizer, adapter, arm, seed, prompt, sampling, stores[arm, seed], progress
-                )
+    todo = sum(max(0, cfg.eval.samples - existing(store, p.condition)) for store in stores.values() for p in prompts)
+    if todo:
+        with tqdm(total=todo, desc=f"eval samples ({cfg.eval.backend.value})", unit="sample") as progress:
+            fill(backends, runs, prompts, stores, cfg.eval.samples, progress)
 
 
-def forced_choice_all(cfg: WhytuneConfig, prompts: list[EvalPrompt], arms: Callable[[], tuple]) -> None:
+def forced_choice_all(cfg: WhytuneConfig, prompts: list[EvalPrompt], backends: Backends) -> None:
     """Every arm x seed's forced-choice preferences, into its folder's forced_choice.json (kept across reruns)."""
     paths = RunPaths.of(cfg)
     pairs = load_pairs()
+    scorer = backends if cfg.eval.backend is EvalBackend.served else (lambda: backends.local)
     for arm, seed, adapter in runs_of(cfg):
-        score_arm(arms, adapter, prompts, pairs, paths.eval(arm, seed) / "forced_choice.json")
+        if score_arm(scorer, adapter, prompts, pairs, paths.eval(arm, seed) / "forced_choice.json") is None:
+            log.warning(
+                "forced choice skipped: the server at %s gives no prompt log-probabilities", cfg.eval.served.base_url
+            )
+            return
 
 
 def harm_and_benign_conditions(cfg: WhytuneConfig) -> tuple[list[str], list[str]]:
@@ -107,10 +86,10 @@ def sample(cfg: WhytuneConfig) -> list[EvalPrompt]:
     for arm, seed, adapter in runs_of(cfg):
         if adapter and not (paths.adapter(arm, seed) / "stage.json").exists():
             raise FileNotFoundError(f"{paths.adapter(arm, seed)}: no trained adapter; run the train stage first")
-    arms = functools.cache(lambda: load_arms(cfg))
-    generate_all(cfg, prompts, arms)
+    backends = Backends(cfg, runs_of(cfg))
+    generate_all(cfg, prompts, backends)
     if cfg.eval.forced_choice:  # on the harm conditions only: the benign controls have nothing to resist
-        forced_choice_all(cfg, [p for p in prompts if p.condition in harms], arms)
+        forced_choice_all(cfg, [p for p in prompts if p.condition in harms], backends)
     return prompts
 
 

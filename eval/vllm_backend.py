@@ -10,27 +10,20 @@ tokens; each sample's seed is fixed by its index, so a resumed run draws the sam
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from whytune.config import WhytuneConfig
-from whytune.eval.generate import (
-    ArmSwitcher,
-    Sampling,
-    _check_adapter,
-    batch_seed,
-    encode_messages,
-    encode_prompt,
-    existing,
-)
+from whytune.eval.forced_choice import Pair, Scorer
+from whytune.eval.generate import ArmSwitcher, Sampling, _check_adapter, batch_seed, encode_messages, encode_prompt
 from whytune.eval.prompts import EvalPrompt
+from whytune.eval.sampling import Reply, Runs, Work
 from whytune.eval.vllm_parity import PROBE, check, record, references
-from whytune.models import fingerprint, load_model, load_tokenizer, model_dir, pick_device
-from whytune.runs import RunPaths, append_jsonl
-
-ROW_KEYS = ("id", "arm", "seed", "condition", "index")  # what a request passes on to its sample row
+from whytune.models import fingerprint, model_dir
+from whytune.runs import RunPaths
 
 
 class UnservableAdapterError(ValueError):
@@ -157,44 +150,39 @@ class VLLMSampler:
         return {adapter: list(o.outputs[0].token_ids) for adapter, o in zip(adapters, outputs)}
 
 
-def sample_all(
-    cfg: WhytuneConfig,
-    prompts: list[EvalPrompt],
-    runs: list[tuple[str, int, str | None]],
-    stores: dict[tuple[str, int], Path],
-) -> None:
-    """Fill every arm x seed x condition's store up to eval.samples, one batch at a time (appended, fsynced)."""
+class VLLMBackend:
+    """The vllm backend (eval/backends.py): samples from the engine, a chunk of eval.batch_size requests at a time;
+    forced choice from the transformers model, loaded only when there is something to score."""
+
+    def __init__(self, sampler: VLLMSampler, tokenizer, sampling: Sampling, local: Callable[[], Scorer]):
+        self.sampler, self.tokenizer, self.sampling, self.local = sampler, tokenizer, sampling, local
+
+    def replies(self, work: Work) -> Iterator[list[Reply]]:
+        for start in range(work.start, work.stop, self.sampling.batch_size):
+            n = min(self.sampling.batch_size, work.stop - start)
+            requests = build_requests(self.tokenizer, work.prompt, work.arm, work.seed, work.adapter, start, n)
+            replies = self.sampler.generate(requests, self.sampling, self.tokenizer.eos_token_id)
+            yield [Reply(text, finish) for text, finish in replies]
+
+    def preferences(self, adapter: str | None, prompt: EvalPrompt, pairs: list[Pair]) -> list[float] | None:
+        return self.local().preferences(adapter, prompt, pairs)
+
+
+def start(
+    cfg: WhytuneConfig, runs: Runs, tokenizer, peft_arms: Callable[[], ArmSwitcher], local: Callable[[], Scorer]
+) -> VLLMBackend:
+    """The engine with every trained arm's adapter, after each has continued the parity probe as peft does."""
     paths = RunPaths.of(cfg)
     location = model_dir(cfg.model, Path(cfg.cache_dir))
-    tokenizer = load_tokenizer(cfg.model, location)
     adapters = {adapter: paths.adapter(arm, seed) for arm, seed, adapter in runs if adapter}
     for folder in adapters.values():
         _check_adapter(folder, cfg.model.name, fingerprint(location))  # trained on this very base model
     eos, tokens = tokenizer.eos_token_id, cfg.eval.vllm_parity_tokens
     probe = encode_messages(tokenizer, PROBE, torch.device("cpu"))[0].tolist()
-
-    def peft_arms() -> ArmSwitcher:
-        model = load_model(cfg.model, location, pick_device(cfg.eval.device))
-        return ArmSwitcher(model, cfg.model.name, fingerprint(location), adapters)
-
     reference, stops = references(peft_arms, probe, list(adapters), tokens, eos) if tokens else ({}, [])
     sampler = VLLMSampler(location, adapters, cfg.eval.vllm_args)
     if reference:
         parity = check(reference, sampler.greedy(probe, list(reference), tokens, stops), cfg.eval.vllm_parity_tolerance)
         for arm, seed, adapter in runs:
             record(parity[adapter], paths.eval(arm, seed), sampler.version)
-    sampling = Sampling.of(cfg.eval)
-    for arm, seed, adapter in runs:
-        store = stores[arm, seed]
-        for prompt in prompts:
-            for start in range(existing(store, prompt.condition), sampling.samples, sampling.batch_size):
-                n = min(sampling.batch_size, sampling.samples - start)
-                requests = build_requests(tokenizer, prompt, arm, seed, adapter, start, n)
-                replies = sampler.generate(requests, sampling, tokenizer.eos_token_id)
-                append_jsonl(
-                    store,
-                    (
-                        {**{k: v for k, v in asdict(r).items() if k in ROW_KEYS}, "response": text, "finish": finish}
-                        for r, (text, finish) in zip(requests, replies)
-                    ),
-                )
+    return VLLMBackend(sampler, tokenizer, Sampling.of(cfg.eval), local)

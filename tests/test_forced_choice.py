@@ -45,19 +45,21 @@ def test_cached_log_probability_equals_a_full_forward_pass(smoke_cfg, tiny_dir):
 
 
 def test_scores_are_cached_and_the_model_loaded_only_when_needed(smoke_cfg, tiny_dir, tmp_path):
-    from whytune.eval.generate import ArmSwitcher
+    from whytune.eval.backends import LocalBackend
+    from whytune.eval.generate import ArmSwitcher, Sampling
     from whytune.models import fingerprint
 
     loads = []
 
-    def arms():
+    def backend():
         loads.append(1)
         model = load_model(smoke_cfg.model, tiny_dir, torch.device("cpu"))
-        return ArmSwitcher(model, "tiny-random", fingerprint(tiny_dir), {}), load_tokenizer(smoke_cfg.model, tiny_dir)
+        switcher = ArmSwitcher(model, "tiny-random", fingerprint(tiny_dir), {})
+        return LocalBackend(switcher, load_tokenizer(smoke_cfg.model, tiny_dir), Sampling.of(smoke_cfg.eval))
 
     prompts = [build_prompt(HEADLINE)]
-    first = score_arm(arms, None, prompts, PAIRS, tmp_path / "fc.json")
-    again = score_arm(arms, None, prompts, PAIRS, tmp_path / "fc.json")
+    first = score_arm(backend, None, prompts, PAIRS, tmp_path / "fc.json")
+    again = score_arm(backend, None, prompts, PAIRS, tmp_path / "fc.json")
     assert first == again and len(loads) == 1
     assert len(first[HEADLINE]) == sum(p.scenario == "blackmail" for p in PAIRS)
 

@@ -104,7 +104,7 @@ def test_rerun_skips_every_finished_stage(finished, monkeypatch):
         raise AssertionError("a finished stage ran again")
 
     monkeypatch.setattr("whytune.train.sft._build_trainer", fail)
-    monkeypatch.setattr("whytune.eval.run.load_model", fail)
+    monkeypatch.setattr("whytune.eval.backends.load_model", fail)
     assert run(cfg) == table
 
 

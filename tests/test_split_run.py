@@ -49,7 +49,7 @@ def test_sampled_without_inspect_evals_then_judged_where_it_is(tmp_path, cache_d
         raise AssertionError("the judging half redid model work")
 
     monkeypatch.setattr("whytune.train.sft._build_trainer", fail)
-    monkeypatch.setattr("whytune.eval.run.load_model", fail)
+    monkeypatch.setattr("whytune.eval.backends.load_model", fail)
     table = run(cfg)
     assert all(arm in table for arm in cfg.arms) and (paths.root / "results.md").exists()
     launches = list(read_jsonl(paths.root / "timings.jsonl"))

