@@ -157,8 +157,20 @@ def _equivalence_note(comps: Sequence[Comparison]) -> str:
     )
 
 
-def _markdown(title: str, results: pd.DataFrame, comps: Sequence[Comparison], baseline: str) -> str:
+def _references_note(references: Sequence[str]) -> str:
+    return (
+        f"Reference rows ({', '.join(references)}): chat models behind an API, sampled on the same prompts and "
+        "judged the same way, for calibration against their published rates. They are not arms: not tested against "
+        "the baseline, not counted in the Holm correction, and without forced choice."
+    )
+
+
+def _markdown(
+    title: str, results: pd.DataFrame, comps: Sequence[Comparison], baseline: str, references: Sequence[str] = ()
+) -> str:
     parts = [f"# {title}", "", "## Harmful rate per arm and condition", "", _md_table(_display_frame(results)), ""]
+    if references:
+        parts += [_references_note(references), ""]
     if comps:
         parts += ["## Comparisons", "", _md_table(_comparisons_display(comps)), ""]
     parts += [
@@ -297,9 +309,11 @@ def write_report(
     *,
     baseline: str = "baseline",
     sections: Sequence[str] = (),
+    references: Sequence[str] = (),
 ) -> str:
     """Write results.csv, results_by_seed.csv, comparisons.csv, results.md (with the further `sections` after the
     rates), rates.png and, with several conditions, heatmap.png; return an aligned plain-text table for stdout.
+    `references` names the reference rows, which `comps` does not test (said under the table).
 
     A heatmap.png left by an earlier multi-condition run is removed so it cannot be mistaken
     for this run's.
@@ -313,14 +327,15 @@ def write_report(
     write_text(out_dir / "results_by_seed.csv", _csv(_frame(per_seed, Rate)))
     readings = _frame(comps, Comparison).assign(reading=[equivalence_reading(c) for c in comps])
     write_text(out_dir / "comparisons.csv", _csv(readings))
-    write_text(out_dir / "results.md", _markdown(title, results, comps, baseline) + "".join(sections))
+    write_text(out_dir / "results.md", _markdown(title, results, comps, baseline, references) + "".join(sections))
     _write_figure(out_dir / "rates.png", rates_figure(pooled, title))
     heatmap = out_dir / "heatmap.png"
     if len({r.condition for r in pooled}) > 1:
         _write_figure(heatmap, heatmap_figure(pooled, title))
     else:
         heatmap.unlink(missing_ok=True)
-    return _display_frame(results).to_string(index=False)
+    table = _display_frame(results).to_string(index=False)
+    return table + (f"\n{_references_note(references)}" if references else "")
 
 
 @dataclass(frozen=True)

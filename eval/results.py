@@ -38,6 +38,9 @@ class Entry:
     label: str  # the arm, or e.g. `organism+demos` when two models sit side by side
     model: str  # the model's folder in the run folder
     arm: str
+    seeds: tuple[int, ...] = ()  # its own seeds (a reference model: seed 0 alone); empty: the view's
+    # A reference model behind an API (eval/reference.py): shown beside the arms, never tested, no forced choice.
+    reference: bool = False
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,15 @@ class View:
     pairs: list[tuple[str, str]]  # labels tested head to head
     persistence: list[tuple[str, str]] = field(default_factory=list)  # (arm's label, its label after the benign tune)
     margin: float = EQUIVALENCE_MARGIN  # eval.equivalence_margin: the difference in rates read as equivalent
+
+    def seeds_of(self, entry: Entry) -> list[int]:
+        """The seeds whose folders hold the entry's replies."""
+        return list(entry.seeds) or self.seeds
+
+    @property
+    def references(self) -> list[str]:
+        """The labels of the reference rows: calibration, left out of every test."""
+        return [entry.label for entry in self.entries if entry.reference]
 
 
 @dataclass
@@ -75,17 +87,18 @@ def read_scores(root: Path, view: View, judge: dict) -> Scores:
     forced: dict[tuple[str, str], list[float]] = {}
     for entry in view.entries:
         by_seed: dict[str, list[list[float]]] = {}
-        for seed in view.seeds:
+        seeds = view.seeds_of(entry)
+        for seed in seeds:
             folder = root / entry.model / entry.arm / f"seed{seed}" / "eval"
             verdicts = folder / verdicts_name(judge)
             if not verdicts.exists():
-                raise FileNotFoundError(f"{verdicts}: not judged yet; run the eval stage for {entry.arm} seed {seed}")
+                raise FileNotFoundError(f"{verdicts}: not judged yet; run the eval stage for {entry.label} seed {seed}")
             records += _relabel(read_jsonl(verdicts), entry, chosen)
             samples += _relabel(read_jsonl(folder / "samples.jsonl"), entry, chosen)
             for condition, values in stored(folder / "forced_choice.json", pairs).items():
                 if condition in view.harms:
                     by_seed.setdefault(condition, []).append(values)
-        forced |= {(entry.label, c): per_pair_means(v) for c, v in by_seed.items() if len(v) == len(view.seeds)}
+        forced |= {(entry.label, c): per_pair_means(v) for c, v in by_seed.items() if len(v) == len(seeds)}
     return Scores(records, samples, forced, other_judges(root, view, verdicts_name(judge), records))
 
 
@@ -97,7 +110,7 @@ def other_judges(root: Path, view: View, own: str, records: list[dict]) -> list[
     theirs: dict[str, dict[str, bool | None]] = {}
     names: dict[str, str] = {}
     for entry in view.entries:
-        for seed in view.seeds:
+        for seed in view.seeds_of(entry):
             for path in sorted((root / entry.model / entry.arm / f"seed{seed}" / "eval").glob("verdicts-*.jsonl")):
                 if path.name != own:
                     names.setdefault(path.name, judge_name(path))
@@ -136,6 +149,7 @@ def write(scores: Scores, view: View, out: Path) -> str:
     """Every report file in `out`: rates and tests, coercive language, forced choice, capability guard, the sample
     browser. Returns the tables printed on stdout."""
     title, baseline, pairs = view.title, view.baseline, view.pairs
+    untested = set(view.references)  # reference rows are shown, not tested nor counted in the Holm correction
     write_browser(
         scores.samples, {r["id"]: r for r in scores.records}, out / "samples.html", title=f"{title}, every sample"
     )
@@ -149,7 +163,7 @@ def write(scores: Scores, view: View, out: Path) -> str:
         ]
     )
     if worded:
-        tests = comparisons(worded, baseline, pairs, view.margin)
+        tests = comparisons([r for r in worded if r.arm not in untested], baseline, pairs, view.margin)
         shown = write_share(COERCIVE_WORDS, worded, out, f"{title}: coercive language", tests)
         extra.append(("Coercive language (share of replies saying blackmail or leverage)", shown))
     if scores.forced:
@@ -177,10 +191,11 @@ def write(scores: Scores, view: View, out: Path) -> str:
     table = write_report(
         pooled,
         rates(scores.records, by_seed=True),
-        comparisons(pooled, baseline, pairs, view.margin),
+        comparisons([r for r in pooled if r.arm not in untested], baseline, pairs, view.margin),
         out,
         title=title,
         baseline=baseline,
+        references=view.references,
         sections=[section for _, (_, section) in extra],
     )
     return table + "".join(f"\n\n{heading}:\n{shown}" for heading, (shown, _) in extra)

@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from whytune.clients import AnthropicClient, ClientError, HFClient, OpenAIClient
+from whytune.clients import AnthropicClient, ClientError, Completion, HFClient, OpenAIClient
 from whytune.data.teacher import OpenAITeacher
 from whytune.eval.judges import LLMJudge
 
@@ -28,8 +28,9 @@ HELLO = [{"role": "system", "content": "Be brief."}, {"role": "user", "content":
 class _Handler(BaseHTTPRequestHandler):
     """Answers each request with the next step of the server's script (the last step repeats).
 
-    Steps: ("reply", text); ("status", code): an error; ("retry_after", seconds): a 429 with Retry-After;
-    ("echo_key", code): an error whose body repeats the key it was sent; ("sleep", seconds): no reply that long.
+    Steps: ("reply", text); ("truncated", text): a reply that stopped at max_tokens; ("status", code): an error;
+    ("retry_after", seconds): a 429 with Retry-After; ("echo_key", code): an error whose body repeats the key it was
+    sent; ("sleep", seconds): no reply that long.
     """
 
     server: ScriptedServer
@@ -46,11 +47,15 @@ class _Handler(BaseHTTPRequestHandler):
             error = {"message": "scripted failure", **({"received": sent} if kind == "echo_key" else {})}
             payload, status = {"error": error}, 429 if kind == "retry_after" else value
         elif self.path.endswith("/v1/messages"):  # Anthropic's Messages API
-            payload, status = {"type": "message", "content": [{"type": "text", "text": value}]}, 200
+            stop = "max_tokens" if kind == "truncated" else "end_turn"
+            payload, status = (
+                {"type": "message", "content": [{"type": "text", "text": value}], "stop_reason": stop},
+                200,
+            )
         else:
             message = {"role": "assistant", "content": value}
-            payload = {"object": "chat.completion", "choices": [{"index": 0, "message": message}]}
-            status = 200
+            choice = {"index": 0, "message": message, "finish_reason": "length" if kind == "truncated" else "stop"}
+            payload, status = {"object": "chat.completion", "choices": [choice]}, 200
         self._send_json(status, json.dumps(payload).encode(), headers)
 
     def _send_json(self, status: int, data: bytes, headers: dict[str, str]) -> None:
@@ -263,6 +268,20 @@ def test_anthropic_client_sends_the_system_prompt_apart(server):
         "system": "Be brief.",
         "messages": HELLO[1:],
     }
+
+
+@pytest.mark.parametrize("cls", [OpenAIClient, AnthropicClient])
+def test_complete_says_whether_the_reply_stopped_at_max_tokens(server, cls):
+    """`complete` gives the reply and why it ended; the seed goes to an OpenAI-compatible server, not to Anthropic's
+    API, which takes none; calling the client still returns the text alone."""
+    base_url = server.url.removesuffix("/v1") if cls is AnthropicClient else server.url
+    http = cls("test-model", base_url, None, 0.5)
+    server.script = [("reply", "whole"), ("truncated", "cut off")]
+    assert http.complete(HELLO, 1.0, 8, seed=7) == Completion("whole", "eos")
+    assert http.complete(HELLO, 1.0, 8, seed=7) == Completion("cut off", "length")
+    assert http(HELLO, 1.0, 8) == "cut off"
+    seeds = [request["body"].get("seed") for request in server.requests]
+    assert seeds == ([7, 7, None] if cls is OpenAIClient else [None, None, None])
 
 
 def test_hf_client_loads_once_and_greedy_decoding_repeats(tiny_dir, monkeypatch):

@@ -29,7 +29,7 @@ REQUIRED = {
 
 def test_walk_finds_every_folder():
     """The walk is recursive and misses no folder: a test that checks fewer files than exist proves less."""
-    assert set(FOLDERS) == {"arms", "accelerate", "experiment", "hydra/launcher", "judge", "model"}
+    assert set(FOLDERS) == {"arms", "accelerate", "experiment", "hydra/launcher", "judge", "model", "references"}
     assert len(OPTIONS) == sum(len(list((CONFIG_DIR / f).glob("*.yaml"))) for f in FOLDERS if f not in NOT_COMPOSED)
 
 
@@ -43,12 +43,16 @@ def test_every_option_composes_and_validates(group, option):
         return
     if group == "arms":  # a group of several choices: each arm file alone, beside the baseline
         overrides[0] = f"arms=[baseline,{option}]"
+    if group == "references":  # also a group of several choices, none by default
+        overrides[0] = f"references=[{option}]"
     cfg = validate(compose_config(*overrides))
     assert cfg.out == "somewhere"
     if group == "model":
         assert cfg.model.name == option
     if group == "arms":
         assert cfg.arms[option].name == option
+    if group == "references":  # named by its file; its key only named, never in the config
+        assert cfg.references[option].name == option and cfg.references[option].client["api_key_env"]
 
 
 def test_arm_files_name_themselves():
@@ -60,7 +64,7 @@ def test_arm_files_name_themselves():
 
 def test_default_is_the_three_arm_demo_on_the_embedded_model():
     cfg = validate(compose_config())
-    assert list(cfg.arms) == ["baseline", "demos", "demos_principles"]
+    assert list(cfg.arms) == ["baseline", "demos", "demos_principles"] and cfg.references == {}
     assert cfg.arms["demos_principles"].writer is WriterStyle.demos_principles and cfg.arms["baseline"].writer is None
     assert cfg.model.source is ModelSource.gguf_package
     assert cfg.out == "runs/demo"
@@ -96,6 +100,19 @@ def test_writer_styles_and_wrong_acts_are_the_data_stages_own():
 def test_an_arm_is_overridable_from_the_command_line():
     cfg = validate(compose_config("arms.demos.writer=rules", "arms.demos.description=rules under another name"))
     assert cfg.arms["demos"].writer is WriterStyle.rules
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error"),
+    [
+        (["model.name=claude-opus-4"], "'claude-opus-4' is also the model's or an arm's name"),
+        (["references.claude-opus-4.client._target_=whytune.clients.Nope"], "references.claude-opus-4.client: .*Nope"),
+    ],
+)
+def test_a_reference_must_not_clash_and_its_client_must_import(overrides, error):
+    """Its folder would be the model's (<out>/<name>/), its row an arm's; a client that cannot be built fails now."""
+    with pytest.raises(ValueError, match=error):
+        validate(compose_config("references=[claude-opus-4]", *overrides))
 
 
 def test_comparisons_must_be_pairs():

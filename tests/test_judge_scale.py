@@ -46,8 +46,9 @@ KYLE_EMAIL = (
 class StubEndpoint(ThreadingHTTPServer):
     """An OpenAI-compatible (and Anthropic Messages) endpoint whose verdict depends only on the request: yes when the
     reply under judgement holds MARK. It counts requests and the most in flight at once, waits `latency()` seconds
-    before each answer, can SIGKILL a process once `kill_after` requests have come, and can send reasoning apart
-    (`reasoning`: put into `reasoning_content`, or a thinking block for the Messages API)."""
+    before each answer, can SIGKILL a process once `kill_after` requests have come, can send reasoning apart
+    (`reasoning`: put into `reasoning_content`, or a thinking block for the Messages API), and says a reply stopped at
+    max_tokens where `truncated(body)` holds."""
 
     daemon_threads = True
     request_queue_size = 128
@@ -59,6 +60,7 @@ class StubEndpoint(ThreadingHTTPServer):
         self.content: Callable[[dict], str | None] = lambda body: YES if MARK in json.dumps(body) else NO
         self.reasoning: str | None = None
         self.reasoning_key = "reasoning_content"
+        self.truncated: Callable[[dict], bool] = lambda body: False
         self.requests = self.in_flight = self.peak = 0
         self.victim: int | None = None  # a process id to kill ...
         self.kill_after: int | None = None  # ... when this many requests have come
@@ -90,14 +92,20 @@ class _StubHandler(BaseHTTPRequestHandler):
                 return
             time.sleep(self.server.latency())
             content, reasoning = self.server.content(body), self.server.reasoning
+            truncated = self.server.truncated(body)
             if self.path.endswith("/v1/messages"):
                 blocks = [{"type": "thinking", "thinking": reasoning}] if reasoning else []
-                payload: dict = {"type": "message", "content": [*blocks, {"type": "text", "text": content}]}
+                payload: dict = {
+                    "type": "message",
+                    "content": [*blocks, {"type": "text", "text": content}],
+                    "stop_reason": "max_tokens" if truncated else "end_turn",
+                }
             else:
                 message = {"role": "assistant", "content": content}
                 if reasoning is not None:
                     message[self.server.reasoning_key] = reasoning
-                payload = {"object": "chat.completion", "choices": [{"index": 0, "message": message}]}
+                choice = {"index": 0, "message": message, "finish_reason": "length" if truncated else "stop"}
+                payload = {"object": "chat.completion", "choices": [choice]}
             data = json.dumps(payload).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")

@@ -1,7 +1,7 @@
 """The one runner: orders the stages of an experiment and does their shared chores once.
 
     [organism: data -> train -> merge -> address check]  ->  data  ->  train  ->  eval
-        ->  [persistence: merge each arm -> benign tune -> eval]  ->  report
+        ->  [persistence: merge each arm -> benign tune -> eval]  ->  [reference models: sample -> judge]  ->  report
 
 Each stage is one module with one way in (`whytune.data.build.build`, `whytune.train.sft.train_arm`,
 `whytune.eval.run.evaluate`, `whytune.eval.results`), skips what it finds done with the same settings, and writes
@@ -9,6 +9,8 @@ atomically. The runner adds what every stage shares: the data lock, timings, pro
 report runs. The organism experiment is the same run with three stages in front (train the organism, merge it,
 swap it in as the base model) and the untuned original model evaluated beside it. The persistence stage, also
 optional, merges each trained arm into the model it was trained on, tunes that on benign data and evaluates it again.
+The reference models (references=[...], eval/reference.py), chat APIs, are sampled on the same prompts and judged
+beside the arms; their clients are built first, so a missing key stops the run before any training.
 
 One process can run a whole experiment (`run`), or each job of a sweep a slice of it (arms x seeds) into the same
 run folder (`run(cfg, report=False)`), after which `report` reports every arm x seed they scored.
@@ -25,7 +27,10 @@ from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from hydra.utils import instantiate
+
 from whytune import tracking
+from whytune.clients import HTTPClient
 from whytune.config import ArmConfig, ModelSource, WhytuneConfig
 from whytune.data.build import build
 from whytune.data.scenarios import generate_scenarios
@@ -34,6 +39,8 @@ from whytune.eval.address_check import Target, check_addresses
 from whytune.eval.aggregate import scored
 from whytune.eval.forced_choice import PAIRS_FILE
 from whytune.eval.generate import Sampling
+from whytune.eval.prompts import read_prompts
+from whytune.eval.reference import ARM, SEED, clients, judge_references, sample_references
 from whytune.eval.results import Entry, View, publish, read_scores, write
 from whytune.eval.run import evaluate, harm_and_benign_conditions
 from whytune.models import device_name, load_tokenizer, model_dir
@@ -62,6 +69,7 @@ def run(cfg: WhytuneConfig, report: bool = True) -> str:
     folders, which are built under a lock by whichever job comes first.
     """
     timings = Timings()
+    references = clients(cfg)  # before any work: a key that is not set stops the run here
     if report:  # the forced-choice pairs are fixed before the run: their hash says which were scored
         write_json(Path(cfg.out) / "provenance.json", {**provenance(cfg), "forced_choice_pairs": file_hash(PAIRS_FILE)})
     models = [cfg]
@@ -76,6 +84,9 @@ def run(cfg: WhytuneConfig, report: bool = True) -> str:
             for model in later:
                 prepare(model, timings)
         models += later
+    if references:
+        with timings.stage("references"):
+            print(f"[references] {reference_rows(cfg, references)}")
     if not cfg.eval.score:
         record_timings(cfg, timings)
         return (
@@ -100,6 +111,16 @@ def prepare(cfg: WhytuneConfig, timings: Timings) -> None:
     train_all(cfg, timings)
     with timings.stage(f"eval/{cfg.model.name}"):
         print(f"[eval] {evaluate(cfg)}")
+
+
+def reference_rows(cfg: WhytuneConfig, built: dict[str, HTTPClient]) -> str:
+    """Sample the reference models on the prompts the eval stage wrote (no model of ours is needed), and with
+    eval.score judge them; returns a line to print."""
+    drawn = sample_references(cfg, read_prompts(RunPaths.of(cfg).prompts), built)
+    done = f"{drawn} new samples from {', '.join(built)}"
+    if not cfg.eval.score:
+        return done + ", not judged (eval.score=false)"
+    return done + f"; {judge_references(cfg, instantiate(cfg.judge))} verdicts"
 
 
 def train_all(cfg: WhytuneConfig, timings: Timings) -> None:
@@ -196,7 +217,8 @@ def address_check(organism: WhytuneConfig, adapter: Path) -> str:
 
 def view(cfg: WhytuneConfig) -> View:
     """What the report of cfg shows: its arms, or with the organism the original, the organism and organism+arm; with
-    the persistence stage, each trained arm again after the benign tune (`<label>+neutral`), tested against itself."""
+    the persistence stage, each trained arm again after the benign tune (`<label>+neutral`), tested against itself;
+    last, each reference model under its name, from its one seed, untested."""
     harms, benign = harm_and_benign_conditions(cfg)
     pairs = [(a, b) for a, b in cfg.comparisons if a in cfg.arms and b in cfg.arms]
     if cfg.organism.enabled:
@@ -215,6 +237,7 @@ def view(cfg: WhytuneConfig) -> View:
             if spec.writer is not None:
                 entries.append(Entry(after(label[arm], tune), after(model, arm), tune))
                 persistence.append((label[arm], after(label[arm], tune)))
+    entries += [Entry(name, name, ARM, seeds=(SEED,), reference=True) for name in cfg.references]
     shown_pairs = [(label[a], label[b]) for a, b in pairs] + persistence
     margin = cfg.eval.equivalence_margin
     return View(title, entries, cfg.seeds, harms, benign, baseline, shown_pairs, persistence, margin=margin)
