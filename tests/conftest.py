@@ -11,6 +11,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from tests.vllm_server import vllm_python, vllm_run, vllm_server  # noqa: F401  (real vLLM, for every test file)
 from whytune.config import CONFIG_DIR, WhytuneConfig, validate
 from whytune.models import model_dir
 

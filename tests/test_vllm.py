@@ -178,7 +178,7 @@ def test_engine_gets_one_lora_request_per_adapter_and_none_for_the_baseline(smok
         "model": "base",
         "enable_lora": True,
         "max_lora_rank": 4,
-        "max_loras": 1,
+        "max_loras": 2,  # a spare, empty slot: vLLM's CPU LoRA ops give a base request the last slot's adapter
         "gpu_memory_utilization": 0.5,
     }
     tokenizer = load_tokenizer(smoke_cfg.model, tiny_dir)
