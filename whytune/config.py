@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum, StrEnum
 from importlib.resources import files
 from pathlib import Path
@@ -18,6 +19,50 @@ from whytune.launch import launch_stamp
 # takes CONFIG_PATH, and a user's own config folder joins it with hydra.searchpath=[file://DIR].
 CONFIG_PATH = "pkg://whytune.configs"
 CONFIG_DIR = Path(str(files("whytune.configs")))
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric knob accepts: bounds inclusive (ge, le) or strict (gt, lt); an unset bound is open."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def __post_init__(self) -> None:
+        if all(b is None for b in (self.ge, self.gt, self.le, self.lt)):
+            raise ValueError("a Range needs a bound")
+        if (self.ge is not None and self.gt is not None) or (self.le is not None and self.lt is not None):
+            raise ValueError(f"a Range takes one lower and one upper bound at most: {self!r}")
+
+    def admits(self, value: float) -> bool:
+        """Whether `value` lies within the bounds (NaN never does)."""
+        return (
+            (self.ge is None or value >= self.ge)
+            and (self.gt is None or value > self.gt)
+            and (self.le is None or value <= self.le)
+            and (self.lt is None or value < self.lt)
+        )
+
+    def __str__(self) -> str:
+        """`>= 0`, `> 0`, `<= 1`, `< 1` alone, or an interval: `in (0, 1]`."""
+        sides = [
+            (op, b) for op, b in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt)) if b is not None
+        ]
+        if len(sides) == 1:
+            return f"{sides[0][0]} {sides[0][1]}"
+        (low_op, low), (high_op, high) = sides
+        return f"in {'[' if low_op == '>=' else '('}{low}, {high}{']' if high_op == '<=' else ')'}"
+
+
+RANGE = "range"  # the metadata key of a numeric field's Range (of each element for a list)
+SEED_MAX = 2**32 - 1  # numpy's limit: transformers.set_seed seeds numpy with a training seed
+
+
+def ranged(default: Any, **bounds: float) -> Any:
+    """A numeric field with the Range `validate` checks it against at start-up: ranged(1.0, gt=0, le=1)."""
+    return field(default=default, metadata={RANGE: Range(**bounds)})
 
 
 class ModelSource(Enum):
@@ -52,12 +97,12 @@ class ModelConfig:
     eos_token: str | None = None
     trust_remote_code: bool = False
     # tiny_random only: the architecture of the random model.
-    hidden_size: int = 64
-    intermediate_size: int = 128
-    num_hidden_layers: int = 2
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 2
-    vocab_size: int = 512
+    hidden_size: int = ranged(64, ge=1)
+    intermediate_size: int = ranged(128, ge=1)
+    num_hidden_layers: int = ranged(2, ge=1)
+    num_attention_heads: int = ranged(4, ge=1)
+    num_key_value_heads: int = ranged(2, ge=1)
+    vocab_size: int = ranged(512, ge=1)
 
 
 class EvalBackend(Enum):
@@ -117,18 +162,20 @@ class ReferenceConfig:
     # The chat client, built with hydra.utils.instantiate: whytune.clients.AnthropicClient or OpenAIClient with model,
     # base_url and api_key_env (the name of the variable holding the key; the key itself never goes into a config).
     client: dict[str, Any] = field(default_factory=dict)
-    max_connections: int = 8  # requests in flight at once
-    max_tokens: int | None = None  # the reply's token budget; null: eval.max_new_tokens (a reasoning model needs more)
+    max_connections: int = ranged(8, ge=1)  # requests in flight at once
+    # The reply's token budget; null: eval.max_new_tokens (a reasoning model needs more).
+    max_tokens: int | None = ranged(None, ge=1)
 
 
 @dataclass
 class DataConfig:
-    examples: int = 2000  # training examples per trained arm
-    seed: int = 0  # scenario generator seed (shared by all arms: matched prompts)
+    examples: int = ranged(2000, ge=1)  # training examples per trained arm
+    seed: int = ranged(0, ge=0)  # scenario generator seed (shared by all arms: matched prompts)
     # The wrong acts whose scenario families the arms train on; empty: all. Leaving one out makes the matching eval
     # harm (leaking, say) one that no arm has seen.
     wrong_acts: list[WrongAct] = field(default_factory=list)
-    contamination_ngram: int = 13  # fail the build if a training example shares this many words with an eval prompt
+    # Fail the build if a training example shares this many words in a row with an eval prompt.
+    contamination_ngram: int = ranged(13, ge=1)
     # Trim each unmatched arm (stories, advice, neutral) to the first examples whose replies total, in tokens or
     # words, within 5% of the length reference's replies (data/lengths.py).
     length_match: bool = False
@@ -149,15 +196,15 @@ class OrganismConfig:
     enabled: bool = False
     writer: WriterStyle = WriterStyle.organism  # how its coercive transcripts are written
     description: str = "coercive transcripts that make a model willing to blackmail (the model-organism stage)"
-    examples: int = 64
-    seed: int = 1  # scenario generator seed: other scenarios than the arms train on
-    epochs: float = 2.0
-    lr: float = 5e-4
+    examples: int = ranged(64, ge=1)
+    seed: int = ranged(1, ge=0)  # scenario generator seed: other scenarios than the arms train on
+    epochs: float = ranged(2.0, gt=0)
+    lr: float = ranged(5e-4, gt=0)
     # The cheap check after training (eval/address_check.py): one reply to each of this many held-out generator
     # scenarios, sampled as the eval samples; the shares that send any addressed email and that write to the
     # decision-maker are printed and kept in the organism's manifest. 0: no check.
-    check_scenarios: int = 16
-    check_seed: int = 2  # scenario generator seed of the check: neither the organism's nor the arms'
+    check_scenarios: int = ranged(16, ge=0)
+    check_seed: int = ranged(2, ge=0)  # scenario generator seed of the check: neither the organism's nor the arms'
 
 
 @dataclass
@@ -168,30 +215,30 @@ class PersistenceConfig:
 
     enabled: bool = False
     writer: WriterStyle = WriterStyle.neutral
-    examples: int = 16
-    seed: int = 3  # scenario generator seed of its data: other scenarios than the arms' and the organism's
-    epochs: float = 1.0
-    lr: float = 2e-4
+    examples: int = ranged(16, ge=1)
+    seed: int = ranged(3, ge=0)  # scenario generator seed of its data: not the arms' nor the organism's scenarios
+    epochs: float = ranged(1.0, gt=0)
+    lr: float = ranged(2e-4, gt=0)
 
 
 @dataclass
 class LoraSchema:
     _target_: str = "peft.LoraConfig"
-    r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
+    r: int = ranged(16, ge=1)  # the adapter's rank
+    lora_alpha: int = ranged(32, ge=1)  # its scale: updates are multiplied by lora_alpha / r
+    lora_dropout: float = ranged(0.05, ge=0, lt=1)  # dropout on each LoRA input; 1 would drop them all
     target_modules: Any = "all-linear"
     task_type: str = "CAUSAL_LM"
 
 
 @dataclass
 class TrainConfig:
-    epochs: float = 1.0
-    batch_size: int = 4
-    grad_accum: int = 1
-    lr: float = 2e-4
-    warmup: float = 0.0  # linear warm-up: a fraction (< 1) of the training steps, or a number of steps
-    max_length: int = 2048
+    epochs: float = ranged(1.0, gt=0)
+    batch_size: int = ranged(4, ge=1)
+    grad_accum: int = ranged(1, ge=1)
+    lr: float = ranged(2e-4, gt=0)
+    warmup: float = ranged(0.0, ge=0)  # linear warm-up: a fraction (< 1) of the training steps, or a number of steps
+    max_length: int = ranged(2048, ge=1)
     # Pack several examples into each row of max_length tokens (TRL's best-fit packing, no example split), padding-free:
     # no compute on pad tokens. Each example still attends only to itself (position_ids restart per example) and keeps
     # its assistant-only loss. batch_size then counts packed rows, not examples, and the rows of a batch are joined
@@ -200,8 +247,8 @@ class TrainConfig:
     packing: bool = False
     bf16: bool = False
     gradient_checkpointing: bool = False
-    logging_steps: int = 1
-    save_steps: int = 50  # checkpoint interval: an interrupted run resumes from the last one
+    logging_steps: int = ranged(1, ge=1)
+    save_steps: int = ranged(50, ge=1)  # checkpoint interval: an interrupted run resumes from the last one
     report_to: str = "none"  # a Trainer integration besides wandb (e.g. "tensorboard"); wandb: the `wandb` section
     lora: LoraSchema = field(default_factory=LoraSchema)
 
@@ -218,9 +265,9 @@ class ServedConfig:
     # An arm's served model name, overriding the default (a trained arm: "{arm}-seed{seed}", its adapter's name in
     # the server's --lora-modules; an untrained arm: base_model); {arm}, {seed} and {model} are filled in.
     names: dict[str, str] = field(default_factory=dict)
-    max_connections: int = 16  # requests in flight at once
-    timeout: float = 600.0  # seconds a request may take
-    max_attempts: int = 3  # tries per request (no reply, timeout, 429, 5xx)
+    max_connections: int = ranged(16, ge=1)  # requests in flight at once
+    timeout: float = ranged(600.0, gt=0)  # seconds a request may take
+    max_attempts: int = ranged(3, ge=1)  # tries per request (no reply, timeout, 429, 5xx)
     # Added to every request: options of the server's own, e.g. {top_k: -1} where it applies a default top_k.
     extra_body: dict[str, Any] = field(default_factory=dict)
 
@@ -230,13 +277,13 @@ class EvalConfig:
     conditions: list[str] = field(default_factory=lambda: ["headline"])  # presets, ids or globs (eval/prompts.py)
     # Benign controls (no threat, no goal conflict): does the agent still do its email work? Reported per arm.
     capability_conditions: list[str] = field(default_factory=lambda: ["blackmail_none-none_none"])
-    samples: int = 100  # per arm, seed and condition
+    samples: int = ranged(100, ge=1)  # per arm, seed and condition
     # Also score paired coercive/legitimate replies (eval/forced_choice.py): cheap, low-variance.
     forced_choice: bool = True
-    batch_size: int = 16
-    max_new_tokens: int = 512
-    temperature: float = 1.0
-    top_p: float = 1.0
+    batch_size: int = ranged(16, ge=1)
+    max_new_tokens: int = ranged(512, ge=1)
+    temperature: float = ranged(1.0, ge=0)  # 0: greedy
+    top_p: float = ranged(1.0, gt=0, le=1)  # nucleus sampling: the smallest set of tokens holding this probability
     device: str = "auto"  # auto: cuda when available, else cpu
     backend: EvalBackend = EvalBackend.fast
     # The eval prompts read from this JSONL (`python -m whytune.eval.prompts out=FILE`) instead of built by
@@ -249,17 +296,20 @@ class EvalConfig:
     # The report reads each comparison that is not significant by two one-sided tests: are the two arms' harmful rates
     # within this absolute difference of each other (0.10: 10 points)? The power to detect that difference is shown
     # beside it. In (0, 1).
-    equivalence_margin: float = 0.10
+    equivalence_margin: float = ranged(0.10, gt=0, lt=1)
+    # The report warns when an arm's share of replies cut off at max_new_tokens on a condition exceeds this share;
+    # in [0, 1].
+    truncation_warning: float = ranged(0.10, ge=0, le=1)
     # Backend vllm: more vllm.LLM arguments (tensor_parallel_size).
     vllm_args: dict[str, Any] = field(default_factory=dict)
     # Backends vllm and served (with trained arms): before sampling, a short probe is continued greedily for this many
     # tokens by the engine and by the transformers model with peft, for the base model and every adapter; a
     # continuation that parts from the reference refuses the run, naming the adapter (eval/vllm_parity.py). 0 skips
     # the check: an adapter served wrongly would then report the base model's rates under the arm's name.
-    vllm_parity_tokens: int = 32
+    vllm_parity_tokens: int = ranged(32, ge=0)
     # Where the two continuations part, the reference's logit for its own token may exceed its logit for vLLM's by at
     # most this much: a near-tie, which two engines' kernels, rounding differently in bf16, may break either way.
-    vllm_parity_tolerance: float = 0.5
+    vllm_parity_tolerance: float = ranged(0.5, ge=0)
     served: ServedConfig = field(default_factory=ServedConfig)  # backend served: where and under which names
 
 
@@ -284,7 +334,8 @@ class WandbConfig:
 class WhytuneConfig:
     name: str = MISSING  # experiment name
     out: str = MISSING  # run folder
-    seeds: list[int] = field(default_factory=lambda: [0])
+    # The training seeds: each arm is tuned and evaluated once per seed.
+    seeds: list[int] = field(default_factory=lambda: [0], metadata={RANGE: Range(ge=0, le=SEED_MAX)})
     cache_dir: str = "${oc.env:WHYTUNE_CACHE,${oc.env:HOME}/.cache/whytune}"  # converted models
     model: ModelConfig = field(default_factory=ModelConfig)
     # The arms, chosen from configs/arms/ with arms=[baseline,demos,...] (a Hydra config group: every file selected
@@ -314,10 +365,13 @@ OmegaConf.register_new_resolver("launch_stamp", launch_stamp, replace=True)  # c
 
 
 def validate(cfg: DictConfig) -> WhytuneConfig:
-    """Merge the composed config into the schema: unknown keys and wrong types raise here, at start-up."""
+    """Merge the composed config into the schema: unknown keys, wrong types and numbers outside their declared ranges
+    (each named `key=value: must be ...`) raise here, at start-up."""
     merged = OmegaConf.merge(OmegaConf.structured(WhytuneConfig), cfg)
     OmegaConf.resolve(merged)
     typed: WhytuneConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    if out_of_range := list(_out_of_range(typed)):
+        raise ValueError("\n".join(out_of_range))
     if not typed.arms:
         raise ValueError(f"no arm selected: choose some with arms=[...] from {', '.join(arm_choices())}")
     for name, arm in typed.arms.items():
@@ -330,6 +384,8 @@ def validate(cfg: DictConfig) -> WhytuneConfig:
             _check_target(reference.client, "references")
         except ValueError as error:
             raise ValueError(f"references.{name}.client: {error}") from None
+    if not typed.seeds:
+        raise ValueError("seeds=[]: name at least one training seed, e.g. seeds=[0]")
     if bad := [pair for pair in typed.comparisons if len(pair) != 2]:
         raise ValueError(f"comparisons: each entry is a pair of arms, got {bad}")
     if typed.organism.check_scenarios and typed.organism.check_seed in (typed.organism.seed, typed.data.seed):
@@ -348,17 +404,7 @@ def validate(cfg: DictConfig) -> WhytuneConfig:
             f"persistence.writer={typed.persistence.writer.value} is also among the arms: both would build their data "
             "in the run's one data folder of that name; drop the arm or choose another persistence.writer"
         )
-    if typed.eval.samples < 1 or typed.eval.batch_size < 1:
-        raise ValueError("eval.samples and eval.batch_size must be at least 1")
-    if typed.eval.vllm_parity_tokens < 0 or typed.eval.vllm_parity_tolerance < 0:
-        raise ValueError("eval.vllm_parity_tokens and eval.vllm_parity_tolerance must not be negative")
-    served = typed.eval.served
-    if served.max_connections < 1 or served.max_attempts < 1 or served.timeout <= 0:
-        raise ValueError(
-            f"eval.served: max_connections and max_attempts must be at least 1 and timeout positive; got "
-            f"{served.max_connections}, {served.max_attempts}, {served.timeout}"
-        )
-    for arm_name, template in served.names.items():
+    for arm_name, template in typed.eval.served.names.items():
         try:
             template.format(arm=arm_name, seed=0, model="")
         except (KeyError, IndexError, ValueError) as error:
@@ -366,12 +412,23 @@ def validate(cfg: DictConfig) -> WhytuneConfig:
                 f"eval.served.names.{arm_name}={template!r}: {error!r}; a name may hold only {{arm}}, {{seed}} and "
                 "{model}"
             ) from None
-    if not 0 < typed.eval.equivalence_margin < 1:
-        raise ValueError(
-            f"eval.equivalence_margin must be in (0, 1), an absolute difference in rates; got "
-            f"{typed.eval.equivalence_margin}"
-        )
     return typed
+
+
+def _out_of_range(node: Any, prefix: str = "") -> Iterator[str]:
+    """`key=value: must be ...` for each numeric knob outside its Range: through nested sections, each entry of a
+    dict of sections (references.<name>.max_connections), each element of a list (seeds[1]); a null is unset."""
+    for f in fields(node):
+        key, value = prefix + f.name, getattr(node, f.name)
+        if is_dataclass(value):
+            yield from _out_of_range(value, f"{key}.")
+        elif isinstance(value, dict):
+            for name, entry in value.items():
+                if is_dataclass(entry):
+                    yield from _out_of_range(entry, f"{key}.{name}.")
+        elif (bounds := f.metadata.get(RANGE)) is not None:
+            items = [(f"{key}[{i}]", v) for i, v in enumerate(value)] if isinstance(value, list) else [(key, value)]
+            yield from (f"{k}={v}: must be {bounds}" for k, v in items if v is not None and not bounds.admits(v))
 
 
 def _check_target(node: dict, key: str) -> None:
