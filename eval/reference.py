@@ -20,11 +20,11 @@ from tqdm import tqdm
 from whytune.clients import HTTPClient, concurrently
 from whytune.config import ReferenceConfig, WhytuneConfig
 from whytune.eval.backends import fill
-from whytune.eval.classifiers import Judge
 from whytune.eval.classify import classify_file
 from whytune.eval.forced_choice import Pair
 from whytune.eval.generate import existing, sample_store
 from whytune.eval.prompts import EvalPrompt
+from whytune.eval.run import BuiltJudge
 from whytune.eval.sampling import Reply, Work, in_order
 from whytune.runs import RunPaths, judge_record, locked, stable_hash, write_json
 
@@ -99,12 +99,14 @@ def sample_references(cfg: WhytuneConfig, prompts: list[EvalPrompt], built: dict
     return drawn
 
 
-def judge_references(cfg: WhytuneConfig, judge: Judge) -> int:
-    """Judge every reference sample not judged yet, as the eval stage judges an arm's; returns the count of verdicts."""
+def judge_references(cfg: WhytuneConfig, judges: list[BuiltJudge]) -> int:
+    """Judge every reference sample not judged yet by each judge, as the eval stage judges an arm's; returns the count
+    of verdicts."""
     count = 0
     for name in cfg.references:
         with locked(folder(cfg, name)):
-            verdicts = RunPaths(Path(cfg.out), name).verdicts(ARM, SEED, cfg.judge)
-            write_json(judge_record(verdicts), cfg.judge)
-            count += len(classify_file(folder(cfg, name) / "samples.jsonl", verdicts, judge))
+            for each in judges:
+                verdicts = RunPaths(Path(cfg.out), name).verdicts(ARM, SEED, each.settings)
+                write_json(judge_record(verdicts), each.settings)
+                count += len(classify_file(folder(cfg, name) / "samples.jsonl", verdicts, each.judge))
     return count

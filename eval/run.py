@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict
+import os
+from dataclasses import asdict, dataclass
 
 import hydra
 from hydra.utils import instantiate
@@ -93,26 +94,66 @@ def sample(cfg: WhytuneConfig) -> list[EvalPrompt]:
     return prompts
 
 
-def judge_all(cfg: WhytuneConfig, judge: Judge) -> int:
-    """Judge every sample of cfg's arms x seeds not judged yet, into one verdicts file per judge; returns the count
-    of verdicts."""
+@dataclass(frozen=True)
+class BuiltJudge:
+    """A judge of the run and the settings that name its verdicts file (`verdicts-<hash of settings>.jsonl`)."""
+
+    settings: dict
+    judge: Judge
+
+
+def judges(cfg: WhytuneConfig) -> list[BuiltJudge]:
+    """The run's judges, `judge` and then `second_judge` when set, or none with eval.score=false. Built at start-up:
+    an API key variable that is not set stops the run before any work, naming the override that avoids it."""
+    if not cfg.eval.score:
+        return []
+    chosen = {"judge": cfg.judge} | ({"second_judge": cfg.second_judge} if cfg.second_judge else {})
+    for key, settings in chosen.items():
+        _check_key(key, settings)
+    return [BuiltJudge(settings, instantiate(settings)) for settings in chosen.values()]
+
+
+def _check_key(key: str, node: object) -> None:
+    """Stop, saying what to do, when `node` (a judge's settings, at `key`) names a key variable that is not set."""
+    if not isinstance(node, dict):
+        return
+    variable = node.get("api_key_env")
+    if variable and not os.environ.get(variable):
+        if key.startswith("second_judge"):
+            instead = "another second judge (judge@second_judge=heuristic, offline) or none (second_judge=null)"
+        else:
+            instead = (
+                "another judge: judge=openai judge.client.base_url=URL judge.client.model=NAME for any "
+                "OpenAI-compatible endpoint, or offline rules: judge=heuristic second_judge=null"
+            )
+        raise ValueError(
+            f"{key}.api_key_env names {variable}, which is not set: export {variable}, or choose {instead}"
+        )
+    for name, value in node.items():
+        _check_key(f"{key}.{name}", value)
+
+
+def judge_all(cfg: WhytuneConfig, built: BuiltJudge) -> int:
+    """Judge every sample of cfg's arms x seeds not judged yet by one judge, into its own verdicts file; returns the
+    count of verdicts."""
     paths = RunPaths.of(cfg)
     count = 0
     for arm, seed, _ in runs_of(cfg):
-        verdicts = paths.verdicts(arm, seed, cfg.judge)
-        write_json(judge_record(verdicts), cfg.judge)
-        count += len(classify_file(paths.eval(arm, seed) / "samples.jsonl", verdicts, judge))
+        verdicts = paths.verdicts(arm, seed, built.settings)
+        write_json(judge_record(verdicts), built.settings)
+        count += len(classify_file(paths.eval(arm, seed) / "samples.jsonl", verdicts, built.judge))
     return count
 
 
-def evaluate(cfg: WhytuneConfig) -> str:
-    """The eval stage: sample, score forced choice, and (with eval.score) judge; returns a line to print."""
-    judge = instantiate(cfg.judge) if cfg.eval.score else None  # before sampling: a missing key fails now
+def evaluate(cfg: WhytuneConfig, built: list[BuiltJudge] | None = None) -> str:
+    """The eval stage: sample, score forced choice, and (with eval.score) judge with every judge (`built`, else built
+    here before sampling, so a missing key fails first); returns a line to print."""
+    built = judges(cfg) if built is None else built
     prompts = sample(cfg)
     done = f"{len(prompts)} conditions sampled for {len(cfg.arms)} arms x {len(cfg.seeds)} seeds on {cfg.model.name}"
-    if judge is None:
+    if not built:
         return done + ", not judged (eval.score=false)"
-    return done + f"; {judge_all(cfg, judge)} verdicts"
+    return done + "; " + ", ".join(f"{judge_all(cfg, each)} verdicts" for each in built)
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="ablate", version_base="1.3")

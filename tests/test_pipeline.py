@@ -313,3 +313,20 @@ def test_a_run_judged_by_two_judges_reports_their_kappa(finished, tmp_path):
     assert float(row["kappa"]) == pytest.approx((observed - expected) / (1 - expected))
     section = (tmp_path / "run" / "results.md").read_text().split("## Judge agreement")[1]
     assert "| ThirdLengthJudge |" in section and f"{float(row['kappa']):.2f} [" in section
+
+
+def test_a_second_judge_judges_beside_the_first_and_the_report_shows_their_agreement(finished, tmp_path):
+    cfg, _ = finished
+    shutil.copytree(cfg.out, tmp_path / "run")
+    second = {"_target_": "tests.test_pipeline.EvenLengthJudge"}
+    both = replace(cfg, out=str(tmp_path / "run"), second_judge=second)
+    assert evaluate(both).endswith("; 18 verdicts, 18 verdicts")  # samples are there: each judge judges all 3 x 6
+    paths = RunPaths.of(both)
+    for arm in cfg.arms:
+        first, other = read_jsonl(paths.verdicts(arm, 0, cfg.judge)), read_jsonl(paths.verdicts(arm, 0, second))
+        assert [r["id"] for r in first] == [r["id"] for r in other]
+        assert all(r["reasoning"] == "even length" for r in other)
+    report(both)
+    with open(tmp_path / "run" / "judge_agreement.csv") as handle:
+        assert [r["judge"] for r in csv.DictReader(handle)] == ["EvenLengthJudge"]
+    assert "## Judge agreement" in (tmp_path / "run" / "results.md").read_text()

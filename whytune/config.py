@@ -354,6 +354,10 @@ class WhytuneConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     # The judge behind the classifiers, built with hydra.utils.instantiate (configs/judge/).
     judge: dict[str, Any] = field(default_factory=lambda: {"_target_": "whytune.eval.classifiers.HeuristicJudge"})
+    # A second judge of the same replies (configs/judge/, chosen with +judge@second_judge=NAME; null: none): its
+    # verdicts go into their own file beside the judge's, and the report shows how far the two agree. Typed Any, like
+    # data.teacher, so that null can be overridden from the command line; validate checks the block.
+    second_judge: Any = None
     # A results page the report also writes (e.g. docs/results/organism_demo): the CSVs and plots into that folder,
     # and <folder>.md = the folder's hand-written reading.md, then results.md. null: the run folder only.
     publish: str | None = None
@@ -394,6 +398,14 @@ def validate(cfg: DictConfig) -> WhytuneConfig:
         raise ValueError(f"the organism experiment needs its baseline arm {typed.baseline!r} among arms=[...]")
     if typed.eval.score:  # the judge is built only where the samples are judged
         _check_target(typed.judge, "judge")
+        if typed.second_judge is not None:
+            if not isinstance(typed.second_judge, dict):
+                raise ValueError(
+                    f"second_judge must be a judge's settings (configs/judge/) or null, got {typed.second_judge!r}"
+                )
+            _check_target(typed.second_judge, "second_judge", "judge")
+            if typed.second_judge == typed.judge:
+                raise ValueError("second_judge is the judge itself: choose another (judge@second_judge=NAME) or null")
     elif typed.organism.enabled:
         raise ValueError(
             "eval.score=false (sampling only) does not cover the organism experiment yet; run it where "
@@ -431,10 +443,11 @@ def _out_of_range(node: Any, prefix: str = "") -> Iterator[str]:
             yield from (f"{k}={v}: must be {bounds}" for k, v in items if v is not None and not bounds.admits(v))
 
 
-def _check_target(node: dict, key: str) -> None:
-    """Fail at start-up, not after hours of sampling, when a component's class cannot be imported."""
+def _check_target(node: dict, key: str, folder: str | None = None) -> None:
+    """Fail at start-up, not after hours of sampling, when a component's class cannot be imported; `folder`, in
+    configs/, holds the shipped choices (default: `key`)."""
     if "_target_" not in node:
-        raise ValueError(f"{key} needs a _target_ (see configs/{key}/)")
+        raise ValueError(f"{key} needs a _target_ (see configs/{folder or key}/)")
     try:
         get_class(node["_target_"])
     except Exception as error:

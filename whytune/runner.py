@@ -27,8 +27,6 @@ from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from hydra.utils import instantiate
-
 from whytune import tracking
 from whytune.clients import HTTPClient
 from whytune.config import ArmConfig, ModelSource, WhytuneConfig
@@ -42,7 +40,7 @@ from whytune.eval.generate import Sampling
 from whytune.eval.prompts import read_prompts
 from whytune.eval.reference import ARM, SEED, clients, judge_references, sample_references
 from whytune.eval.results import Entry, View, publish, read_scores, write
-from whytune.eval.run import evaluate, harm_and_benign_conditions
+from whytune.eval.run import BuiltJudge, evaluate, harm_and_benign_conditions, judges
 from whytune.models import device_name, load_tokenizer, model_dir
 from whytune.runs import RunPaths, append_jsonl, file_hash, locked, provenance, write_json
 from whytune.train.merge import merge_adapter
@@ -70,6 +68,7 @@ def run(cfg: WhytuneConfig, report: bool = True) -> str:
     """
     timings = Timings()
     references = clients(cfg)  # before any work: a key that is not set stops the run here
+    built = judges(cfg)  # the judges' keys too
     if report:  # the forced-choice pairs are fixed before the run: their hash says which were scored
         write_json(Path(cfg.out) / "provenance.json", {**provenance(cfg), "forced_choice_pairs": file_hash(PAIRS_FILE)})
     models = [cfg]
@@ -77,16 +76,16 @@ def run(cfg: WhytuneConfig, report: bool = True) -> str:
         with timings.stage("organism"):
             models = [replace(cfg, arms={cfg.baseline: cfg.arms[cfg.baseline]}), on_organism(cfg)]
     for model in models:
-        prepare(model, timings)
+        prepare(model, timings, built)
     if cfg.persistence.enabled:
         with timings.stage("persistence"):
             later = persisted(models[-1])
             for model in later:
-                prepare(model, timings)
+                prepare(model, timings, built)
         models += later
     if references:
         with timings.stage("references"):
-            print(f"[references] {reference_rows(cfg, references)}")
+            print(f"[references] {reference_rows(cfg, references, built)}")
     if not cfg.eval.score:
         record_timings(cfg, timings)
         return (
@@ -106,21 +105,22 @@ def run(cfg: WhytuneConfig, report: bool = True) -> str:
     return table
 
 
-def prepare(cfg: WhytuneConfig, timings: Timings) -> None:
-    """data -> train -> eval for cfg's model: every arm's data, every trained arm x seed, then samples and verdicts."""
+def prepare(cfg: WhytuneConfig, timings: Timings, built: list[BuiltJudge]) -> None:
+    """data -> train -> eval for cfg's model: every arm's data, every trained arm x seed, then samples and verdicts
+    by each judge."""
     train_all(cfg, timings)
     with timings.stage(f"eval/{cfg.model.name}"):
-        print(f"[eval] {evaluate(cfg)}")
+        print(f"[eval] {evaluate(cfg, built)}")
 
 
-def reference_rows(cfg: WhytuneConfig, built: dict[str, HTTPClient]) -> str:
-    """Sample the reference models on the prompts the eval stage wrote (no model of ours is needed), and with
-    eval.score judge them; returns a line to print."""
-    drawn = sample_references(cfg, read_prompts(RunPaths.of(cfg).prompts), built)
-    done = f"{drawn} new samples from {', '.join(built)}"
-    if not cfg.eval.score:
+def reference_rows(cfg: WhytuneConfig, references: dict[str, HTTPClient], built: list[BuiltJudge]) -> str:
+    """Sample the reference models on the prompts the eval stage wrote (no model of ours is needed), and judge them
+    with each judge (none with eval.score=false); returns a line to print."""
+    drawn = sample_references(cfg, read_prompts(RunPaths.of(cfg).prompts), references)
+    done = f"{drawn} new samples from {', '.join(references)}"
+    if not built:
         return done + ", not judged (eval.score=false)"
-    return done + f"; {judge_references(cfg, instantiate(cfg.judge))} verdicts"
+    return done + f"; {judge_references(cfg, built)} verdicts"
 
 
 def train_all(cfg: WhytuneConfig, timings: Timings) -> None:
