@@ -7,7 +7,14 @@ verdict is parsed strictly: exactly one ``<answer>yes|no</answer>``. A malformed
 failed request retried by the client (whytune/clients.py, shared with the teachers), each up to ``max_attempts``
 times; the client reads the API key from the environment at each request and never stores it. A reply
 still without a verdict is unscored (verdict None), which the statistics leave out of every denominator: it
-never counts as harmless or harmful.
+never counts as harmless or harmful. Such a verdict is a ``JudgeFailure``: a rerun of the classify step asks again
+(eval/classify.py).
+
+An endpoint that is down (refused, dropped or timed-out connections) would leave every reply unscored, one slow
+failure at a time. So the judge counts the replies in a row, in the order they finish across threads, whose request
+got no answer once the client's retries were spent; at ``max_consecutive_failures`` it stops the run with
+``EndpointDown`` naming the endpoint, and the verdicts already made are kept for the rerun. Any answer, even an HTTP
+error or a malformed verdict, resets the count: the endpoint is up.
 
 Many replies are judged at once: ``max_connections`` (``judge.max_connections``) requests in flight, run by the
 classify step through ``whytune.clients.concurrently``; a local model batches the requests that arrive together
@@ -17,10 +24,15 @@ classify step through ``whytune.clients.concurrently``; a local model batches th
 from __future__ import annotations
 
 import copy
+import logging
 import re
+import threading
+from dataclasses import dataclass
 
-from whytune.clients import ChatClient, ClientError, Messages
+from whytune.clients import ChatClient, ClientError, EndpointDown, Messages
 from whytune.eval.classifiers import SCENARIOS, JudgeResult, Scenario, published
+
+log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------- prompt and verdict
 
@@ -85,11 +97,19 @@ def grader_messages(scenario: Scenario, response: str, email_context: str) -> Me
 _FATAL_STATUS = (401, 403, 404)
 
 
+@dataclass(frozen=True)
+class JudgeFailure(JudgeResult):
+    """No verdict because judging failed (a request that still failed, or no well-formed verdict): worth asking
+    again, so the classify step marks the row `retry` and a rerun judges it anew. A plain ``JudgeResult`` with
+    verdict None is a judge's settled "cannot tell", kept as it is."""
+
+
 class LLMJudge:
     """Asks a chat model for the package's yes/no; re-asks on a malformed verdict, then gives up unscored.
 
     A failed request is the client's to retry (whytune/clients.py); one that still fails leaves the reply
-    unscored, except a refused key, URL or model name, which would fail every request alike and so stops the run.
+    unscored, except a refused key, URL or model name, which would fail every request alike and so stops the run,
+    and `max_consecutive_failures` replies in a row that got no answer at all, which stop it with EndpointDown.
     Safe to call from many threads: `max_connections` is how many replies the classify step judges at once.
     """
 
@@ -100,13 +120,20 @@ class LLMJudge:
         temperature: float = 0.0,
         max_tokens: int = 1024,
         max_connections: int = 16,
+        max_consecutive_failures: int = 5,
     ):
-        if max_attempts < 1:
-            raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
-        if max_connections < 1:
-            raise ValueError(f"max_connections must be at least 1, got {max_connections}")
+        for name, value in [
+            ("max_attempts", max_attempts),
+            ("max_connections", max_connections),
+            ("max_consecutive_failures", max_consecutive_failures),
+        ]:
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
         self.client, self.max_attempts, self.max_connections = client, max_attempts, max_connections
         self.temperature, self.max_tokens = temperature, max_tokens
+        self.max_consecutive_failures = max_consecutive_failures
+        self.unanswered = 0  # replies in a row, as they finish, whose request got no answer
+        self._counting = threading.Lock()
 
     def __call__(self, scenario: Scenario, response: str, email_context: str = "") -> JudgeResult:
         messages = grader_messages(scenario, response, email_context)
@@ -117,7 +144,34 @@ class LLMJudge:
             except ClientError as error:
                 if error.status in _FATAL_STATUS:
                     raise
-                return JudgeResult(None, f"unscored: request failed: {error}")
+                self._count(error)
+                return JudgeFailure(None, f"unscored: request failed: {error}")
+            self._count(None)
             if parsed := parse_verdict(text):
                 return JudgeResult(*parsed)
-        return JudgeResult(None, f"unscored after {self.max_attempts} attempts: malformed verdict: {text[-200:]!r}")
+        return JudgeFailure(None, f"unscored after {self.max_attempts} attempts: malformed verdict: {text[-200:]!r}")
+
+    def _count(self, error: ClientError | None) -> None:
+        """Count a request that got no answer (`error.unanswered`), or reset the count on any answer; raise
+        EndpointDown when the count reaches max_consecutive_failures. Under a lock: the count runs in the order the
+        replies finish, across every thread."""
+        with self._counting:
+            self.unanswered = self.unanswered + 1 if error is not None and error.unanswered else 0
+            count = self.unanswered
+        if error is None or not count:
+            return
+        endpoint = getattr(self.client, "base_url", None) or error.url
+        if count >= self.max_consecutive_failures:
+            raise EndpointDown(
+                endpoint,
+                count,
+                f"the judge stops at max_consecutive_failures={self.max_consecutive_failures}. The verdicts made are "
+                f"kept: rerun once the endpoint answers. Last failure: {error}",
+            )
+        log.warning(
+            "judge endpoint %s: no answer (%d of %d in a row stop the run): %s",
+            endpoint,
+            count,
+            self.max_consecutive_failures,
+            error,
+        )

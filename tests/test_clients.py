@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from whytune.clients import AnthropicClient, ClientError, Completion, HFClient, OpenAIClient
+from whytune.clients import AnthropicClient, ClientError, Completion, EndpointDown, HFClient, OpenAIClient, concurrently
 from whytune.data.teacher import OpenAITeacher
 from whytune.eval.judges import LLMJudge
 
@@ -188,6 +188,49 @@ def test_unreachable_endpoint_gives_up(server):
     with pytest.raises(ClientError, match="gave up after 2 attempts") as raised:
         unreachable(HELLO, 0.0, 16)
     assert raised.value.status is None and raised.value.retryable
+
+
+@pytest.mark.parametrize(
+    ("script", "unanswered"),
+    [
+        ([("sleep", 30.0)], True),  # timed out: no answer
+        ([("status", 503)], False),  # an answer, if an error
+        ([("reply", None)], False),  # an answer without text
+    ],
+)
+def test_a_request_that_got_no_answer_says_so(server, script, unanswered):
+    """`unanswered` tells an endpoint that is down (what the judge counts) from one that answers badly."""
+    server.script = script
+    with pytest.raises(ClientError) as raised:
+        client(server, max_attempts=2)(HELLO, 0.0, 16)
+    assert raised.value.unanswered is unanswered
+
+
+def test_a_refused_connection_is_unanswered():
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(ClientError, match="gave up after 2 attempts") as raised:
+        OpenAIClient("m", f"http://127.0.0.1:{port}/v1", timeout=0.5, max_attempts=2, backoff=0)(HELLO, 0.0, 16)
+    assert raised.value.unanswered and raised.value.status is None
+
+
+def test_an_endpoint_down_is_raised_at_once_what_is_in_flight_abandoned():
+    """Another failure waits for the work in flight (tests/test_judge_scale.py); an EndpointDown does not: the work in
+    flight goes to the same dead endpoint."""
+    release = threading.Event()
+
+    def work(item: int) -> int:
+        if item == 3:
+            raise EndpointDown("http://judge.invalid/v1", 5, "stop")
+        release.wait(30)  # a request that would hang until its timeout
+        return item
+
+    start = time.monotonic()
+    with pytest.raises(EndpointDown, match="no answer to 5 requests in a row"):
+        list(concurrently(work, range(100), 4))
+    release.set()
+    assert time.monotonic() - start < 5
 
 
 def test_max_attempts_must_be_positive():

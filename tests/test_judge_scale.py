@@ -238,6 +238,8 @@ def test_a_429_holds_back_every_connection_until_retry_after(monkeypatch):
 def test_max_connections_does_not_rename_the_verdict_file():
     judge_cfg = {"_target_": "whytune.eval.judges.LLMJudge", "client": {"model": "m"}, "max_attempts": 3}
     assert verdicts_name({**judge_cfg, "max_connections": 64}) == verdicts_name(judge_cfg)
+    # when an outage stops the run is not what a verdict says: runs judged before the knob keep their files
+    assert verdicts_name({**judge_cfg, "max_consecutive_failures": 5}) == verdicts_name(judge_cfg)
     assert verdicts_name({**judge_cfg, "max_attempts": 2}) != verdicts_name(judge_cfg)
 
 

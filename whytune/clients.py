@@ -80,17 +80,40 @@ class Completion:
 class ClientError(RuntimeError):
     """A chat request that failed; it names the URL and the HTTP status, never the key.
 
-    `status` is None when no usable reply came (network error, timeout, a reply without text).
+    `status` is None when no usable reply came (network error, timeout, a reply without text). `unanswered`: nothing
+    came back at all (the connection was refused, dropped or timed out), as against an answer that was an error or
+    garbled: the mark of an endpoint that is down, which a caller may count (EndpointDown).
     """
 
-    def __init__(self, url: str, status: int | None, detail: str, retry_after: float | None = None):
+    def __init__(
+        self,
+        url: str,
+        status: int | None,
+        detail: str,
+        retry_after: float | None = None,
+        unanswered: bool = False,
+    ):
         super().__init__(f"{url}: HTTP {status}: {detail}" if status else f"{url}: {detail}")
         self.url, self.status, self.detail, self.retry_after = url, status, detail, retry_after
+        self.unanswered = unanswered
 
     @property
     def retryable(self) -> bool:
         """What a later attempt may fix; any other 4xx (a bad key, URL, model or request) would fail again."""
         return self.status is None or self.status == 429 or not 400 <= self.status < 500
+
+
+class EndpointDown(RuntimeError):
+    """An endpoint that answered none of `failures` requests in a row, each after its client's retries: raised by the
+    caller that counts them (the LLM judge, eval/judges.py) to stop the run instead of failing every request alike.
+
+    `concurrently` raises it at once: the requests still in flight go to the same endpoint, so they are abandoned,
+    not waited for (a timing-out endpoint would hold each for max_attempts x timeout).
+    """
+
+    def __init__(self, endpoint: str, failures: int, detail: str):
+        super().__init__(f"{endpoint}: no answer to {failures} requests in a row; {detail}")
+        self.endpoint, self.failures = endpoint, failures
 
 
 def with_reasoning(reasoning: str | None, reply: str | None) -> str | None:
@@ -110,9 +133,10 @@ def concurrently(
 
     With one connection everything runs here, in order. When a call raises, nothing new is started, what is in
     flight finishes and is yielded (so a caller that stores each result loses none), and then the first error is
-    raised. When the caller stops (an exception, Ctrl-C, `break`), nothing new is started and nothing is waited
-    for: the requests in flight are the most that is lost. The workers are daemon threads, so a process that is
-    told to stop does not first wait out their requests' timeouts (a thread pool's workers would hold it).
+    raised; an EndpointDown is raised at once, what is in flight abandoned. When the caller stops (an exception,
+    Ctrl-C, `break`), nothing new is started and nothing is waited for: the requests in flight are the most that is
+    lost. The workers are daemon threads, so a process that is told to stop does not first wait out their requests'
+    timeouts (a thread pool's workers would hold it).
     """
     if max_connections < 1:
         raise ValueError(f"max_connections must be at least 1, got {max_connections}")
@@ -159,6 +183,8 @@ def concurrently(
                 running -= 1
                 continue
             item, result, error = got
+            if isinstance(error, EndpointDown):  # the requests in flight would fail alike: not waited for
+                raise error
             if error is not None:
                 failure = failure or error
             else:
@@ -276,7 +302,7 @@ class HTTPClient(ABC):
             detail = error.read()[:300].decode("utf-8", "replace")
             raise ClientError(url, error.code, detail, _retry_after(error.headers)) from None
         except (OSError, http.client.HTTPException) as error:  # URLError and timeouts are OSErrors
-            raise ClientError(url, None, f"{type(error).__name__}: {error}") from None
+            raise ClientError(url, None, f"{type(error).__name__}: {error}", unanswered=True) from None
         try:
             return json.loads(data)
         except ValueError:
@@ -294,7 +320,7 @@ class HTTPClient(ABC):
         key = self._key()
         detail = error.detail.replace(key, "[key]") if key else error.detail
         how = f"gave up after {attempt} attempt{'s' * (attempt > 1)}" if error.retryable else "not retried"
-        return ClientError(error.url, error.status, f"{detail} ({how})")
+        return ClientError(error.url, error.status, f"{detail} ({how})", unanswered=error.unanswered)
 
 
 class OpenAIClient(HTTPClient):

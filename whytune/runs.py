@@ -60,9 +60,9 @@ class RunPaths:
         return self.root / "eval" / "prompts.jsonl"
 
 
-# Judge settings that change how fast verdicts come, not what they are: a rerun with more connections finds the
-# verdicts already made.
-_JUDGE_SPEED_ONLY = ("max_connections",)
+# Judge settings that change how fast verdicts come or when an outage stops the run, not what they are: a rerun
+# with more connections finds the verdicts already made.
+_JUDGE_SPEED_ONLY = ("max_connections", "max_consecutive_failures")
 
 
 def verdicts_name(judge: dict) -> str:
