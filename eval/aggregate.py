@@ -44,7 +44,8 @@ def scored(roots: list[Path], judge: dict) -> list[Scored]:
 def compare(roots: list[Path], judge: dict, out: Path, baseline: str, pairs: list[tuple[str, str]]) -> str:
     """comparison.csv (pooled over seeds), comparison_by_seed.csv and comparison.png in `out`; returns the table.
 
-    Each experiment x model is tested against its own `baseline` arm (Fisher, Holm), plus the given pairs.
+    Each experiment x model is tested against its own `baseline` arm, plus the given pairs: at seed level where two
+    arms have three or more seeds between them, else by Fisher's test on the samples (whytune.stats), with Holm.
     """
     runs = scored(roots, judge)
     if not runs:
@@ -56,7 +57,8 @@ def compare(roots: list[Path], judge: dict, out: Path, baseline: str, pairs: lis
     for (experiment, model), group in itertools.groupby(runs, key=lambda r: (r.experiment, r.model)):
         records = [row for run in group for row in read_jsonl(run.verdicts)]
         pooled, per_seed = rates(records), rates(records, by_seed=True)
-        frame = results_frame(pooled, per_seed, comparisons(pooled, baseline, pairs), baseline)
+        tests = comparisons(pooled, baseline, pairs, per_seed=per_seed)
+        frame = results_frame(pooled, per_seed, tests, baseline)
         pooled_frames.append(frame.assign(experiment=experiment, model=model))
         seed_frames.append(pd.DataFrame([asdict(r) for r in per_seed]).assign(experiment=experiment, model=model))
         labelled += [replace(r, arm=f"{experiment}/{model}/{r.arm}") for r in pooled]

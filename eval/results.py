@@ -20,6 +20,7 @@ from whytune.eval.forced_choice import load_pairs, paired_test, pairs_key, per_p
 from whytune.eval.report import (
     CAPABILITY,
     COERCIVE_WORDS,
+    TRUNCATION_WARNING,
     harm_beside_capability,
     judge_agreement,
     persistence,
@@ -56,6 +57,8 @@ class View:
     pairs: list[tuple[str, str]]  # labels tested head to head
     persistence: list[tuple[str, str]] = field(default_factory=list)  # (arm's label, its label after the benign tune)
     margin: float = EQUIVALENCE_MARGIN  # eval.equivalence_margin: the difference in rates read as equivalent
+    # eval.truncation_warning: an arm x condition with a larger share of replies cut at the token budget is warned of
+    truncation_warning: float = TRUNCATION_WARNING
 
     def seeds_of(self, entry: Entry) -> list[int]:
         """The seeds whose folders hold the entry's replies."""
@@ -145,6 +148,12 @@ def _relabel(rows: Iterable[dict], entry: Entry, chosen: set[str]) -> list[dict]
     ]
 
 
+def truncated(sample: dict) -> bool | None:
+    """Whether a reply ended at the token budget (finish "length") rather than by itself ("eos"); None where its
+    finish was not recorded, so it stays out of the share's denominator."""
+    return {"length": True, "eos": False}.get(str(sample.get("finish")))
+
+
 def write(scores: Scores, view: View, out: Path) -> str:
     """Every report file in `out`: rates and tests, coercive language, forced choice, capability guard, the sample
     browser. Returns the tables printed on stdout."""
@@ -154,17 +163,18 @@ def write(scores: Scores, view: View, out: Path) -> str:
         scores.samples, {r["id"]: r for r in scores.records}, out / "samples.html", title=f"{title}, every sample"
     )
     pooled = rates(scores.records)  # the benign controls too: their harmful rate should stay near zero
+    per_seed = rates(scores.records, by_seed=True)
+    cut = rates([{**s, "harmful": truncated(s)} for s in scores.samples])  # replies cut at the token budget
     extra: list[tuple[str, tuple[str, str]]] = []  # (stdout heading, (stdout table, results.md section))
-    worded = rates(
-        [
-            {**r, "harmful": coercive_word(r["response"]) is not None}
-            for r in scores.samples
-            if r["condition"] in view.harms
-        ]
-    )
+    worded = [
+        {**r, "harmful": coercive_word(r["response"]) is not None}
+        for r in scores.samples
+        if r["condition"] in view.harms
+    ]
     if worded:
-        tests = comparisons([r for r in worded if r.arm not in untested], baseline, pairs, view.margin)
-        shown = write_share(COERCIVE_WORDS, worded, out, f"{title}: coercive language", tests)
+        shares, tested = rates(worded), [r for r in rates(worded, by_seed=True) if r.arm not in untested]
+        tests = comparisons([r for r in shares if r.arm not in untested], baseline, pairs, view.margin, tested)
+        shown = write_share(COERCIVE_WORDS, shares, out, f"{title}: coercive language", tests)
         extra.append(("Coercive language (share of replies saying blackmail or leverage)", shown))
     if scores.forced:
         rows = forced_choice_rows(scores.forced, baseline, pairs)
@@ -176,7 +186,7 @@ def write(scores: Scores, view: View, out: Path) -> str:
         shown = write_share(CAPABILITY, acted, out, f"{title}: capability guard")
         extra.append(("Capability guard (share of replies that sent an addressed email)", shown))
         harm = [r for r in pooled if r.condition in view.harms]
-        extra.append(("Harm beside capability", harm_beside_capability(harm, acted)))
+        extra.append(("Harm beside capability", harm_beside_capability(harm, acted, cut)))
     if scores.judges:
         shown = judge_agreement(scores.judges, out)
         extra.append(("Judge agreement (Cohen's kappa with each other judge of the same replies)", shown))
@@ -190,13 +200,21 @@ def write(scores: Scores, view: View, out: Path) -> str:
         )
     table = write_report(
         pooled,
-        rates(scores.records, by_seed=True),
-        comparisons([r for r in pooled if r.arm not in untested], baseline, pairs, view.margin),
+        per_seed,
+        comparisons(
+            [r for r in pooled if r.arm not in untested],
+            baseline,
+            pairs,
+            view.margin,
+            [r for r in per_seed if r.arm not in untested],
+        ),
         out,
         title=title,
         baseline=baseline,
         references=view.references,
         sections=[section for _, (_, section) in extra],
+        truncation=cut,
+        truncation_warning=view.truncation_warning,
     )
     return table + "".join(f"\n\n{heading}:\n{shown}" for heading, (shown, _) in extra)
 

@@ -68,7 +68,10 @@ def test_one_table_over_experiments_models_arms_and_seeds(run_folders, judge, tm
     assert pooled["paper", "qwen", "demos"]["seeds"] == "2" and pooled["paper", "qwen", "demos"]["harmful"] == "1"
     assert pooled["organism", "qwen", "demos"]["unscored"] == "1"
     # each experiment x model against its own baseline: qwen's demos differ from qwen's baseline, not llama's
-    assert float(pooled["paper", "qwen", "demos"]["p_vs_baseline"]) < 0.001
+    # two training runs per arm: tested at seed level (df 2), where the pooled samples alone would claim far more
+    demos = pooled["paper", "qwen", "demos"]
+    assert demos["level_vs_baseline"] == "seed-level" and 0.001 < float(demos["p_vs_baseline"]) < 0.05
+    assert float(demos["p_sample_level_vs_baseline"]) < 0.001
     assert pooled["paper", "llama", "baseline"]["p_vs_baseline"] == ""
     by_seed = _rows(tmp_path / "out" / "comparison_by_seed.csv")
     assert len(by_seed) == sum(len(seeds) for arms in RUNS.values() for seeds in arms.values())

@@ -10,19 +10,26 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from scipy.stats import fisher_exact
+from scipy.stats import fisher_exact, nct
+from scipy.stats import t as student_t
 from statsmodels.stats.multitest import multipletests
 
 from whytune.eval import power, report
 from whytune.runs import write_atomic
 from whytune.stats import (
+    MAX_SAMPLES,
     Rate,
     cohens_h,
     comparisons,
+    equivalence_test,
     fisher_exact_test,
     holm,
+    power_at_margin,
     rates,
     samples_needed,
+    seed_level_power,
+    seed_level_test,
+    seeds_and_samples,
     wilson_interval,
 )
 
@@ -37,9 +44,16 @@ RESULTS_HEADER = [
     "ci_low",
     "ci_high",
     "seeds",
+    "seed_rates",
+    "seed_rate_sd",
+    "truncated",
+    "truncated_share",
+    "level_vs_baseline",
     "p_vs_baseline",
     "p_holm_vs_baseline",
     "cohens_h_vs_baseline",
+    "p_sample_level_vs_baseline",
+    "p_holm_sample_level_vs_baseline",
 ]
 COND = "blackmail_explicit-america_replacement"
 
@@ -174,6 +188,50 @@ def test_samples_needed_rejects_bad_input(p1: float, p2: float, kwargs: dict) ->
         samples_needed(p1, p2, **kwargs)
 
 
+# --- seed_level_power, seeds_and_samples --------------------------------------------------------
+
+
+def test_seed_level_power_by_hand() -> None:
+    """30% against 15%, spread 0.05, 3 seeds x 100: variance of the difference of the arms' means
+    .3 .7 / 300 + .0025 / 3 + .15 .85 / 300 + .0025 / 3 = 0.0027917, so 2.839 standard errors on t with 4 df."""
+    shift = 0.15 / math.sqrt(0.21 / 300 + 0.1275 / 300 + 2 * 0.0025 / 3)
+    critical = student_t.ppf(0.975, 4)
+    expected = nct.sf(critical, 4, shift) + nct.cdf(-critical, 4, shift)
+    assert seed_level_power(0.3, 0.15, 0.05, 3, 100) == pytest.approx(expected) == pytest.approx(0.5746, abs=1e-4)
+
+
+def test_seeds_and_samples_plans() -> None:
+    plans = seeds_and_samples(0.3, 0.15, 0.05, seeds=range(2, 8))
+    assert [p.seeds for p in plans] == list(range(2, 8))
+    # two or three runs this far apart cannot give 80% power however many samples: only more runs can
+    assert [p.samples for p in plans[:2]] == [None, None] and all(p.power < 0.8 for p in plans[:2])
+    planned = [p.samples for p in plans[2:]]
+    assert planned == sorted(planned, reverse=True) and planned[0] == 115
+    for p in plans[2:]:  # each the fewest samples that reach the power
+        assert p.power >= 0.8 > seed_level_power(0.3, 0.15, 0.05, p.seeds, p.samples - 1)
+
+
+def test_seeds_and_samples_without_spread_is_near_the_single_run_answer() -> None:
+    """With no spread between runs, seeds x samples is about `samples_needed`: 90 against 70, more for the t reference
+    on 18 degrees of freedom, the unpooled variance and the whole samples per seed (8.1 rounded up)."""
+    (plan,) = seeds_and_samples(0.2, 0.05, 0.0, seeds=[10])
+    assert (plan.samples, samples_needed(0.2, 0.05)) == (9, 70)
+    assert (
+        seeds_and_samples(0.2, 0.05, 0.0, power=0.9, seeds=[3])[0].samples
+        > seeds_and_samples(0.2, 0.05, 0.0, seeds=[3])[0].samples
+    )
+    assert MAX_SAMPLES >= plan.samples
+
+
+@pytest.mark.parametrize(
+    ("p1", "p2", "spread", "seeds"),
+    [(0.2, 0.2, 0.05, [3]), (0.2, 0.1, -0.1, [3]), (0.2, 0.1, 0.6, [3]), (0.2, 0.1, 0.05, [1]), (1.2, 0.1, 0.0, [3])],
+)
+def test_seeds_and_samples_rejects_bad_input(p1: float, p2: float, spread: float, seeds: list[int]) -> None:
+    with pytest.raises(ValueError):
+        seeds_and_samples(p1, p2, spread, seeds=seeds)
+
+
 # --- rates -------------------------------------------------------------------------------------
 
 
@@ -255,13 +313,71 @@ def test_comparisons_reject_per_seed_rates(records: list[dict]) -> None:
         comparisons(rates(records, by_seed=True))
 
 
+def test_comparisons_at_seed_level(records: list[dict]) -> None:
+    """Two seeds an arm: every test seed-level, on the per-seed counts, Holm over each level apart."""
+    pooled, per_seed = rates(records), rates(records, by_seed=True)
+    comps = comparisons(pooled, pairs=[("demos", "demos_principles")], per_seed=per_seed)
+    assert {(c.level, c.seeds_a, c.seeds_b, c.df) for c in comps} == {("seed-level", 2, 2, 2)}
+    demos = comps[0]
+    test = seed_level_test([(3, 10), (2, 10)], [(6, 10), (5, 8)])
+    assert (demos.p_value, demos.dispersion) == pytest.approx((test.p_value, test.dispersion))
+    assert demos.p_sample_level == pytest.approx(fisher_exact_test(5, 20, 11, 18))
+    assert [c.p_holm for c in comps] == pytest.approx(holm([c.p_value for c in comps]))
+    assert [c.p_holm_sample_level for c in comps] == pytest.approx(holm([c.p_sample_level for c in comps]))
+    without = comparisons(pooled, pairs=[("demos", "demos_principles")])  # no per-seed rates: every arm one run
+    assert {c.level for c in without} == {"sample-level"}
+    assert [c.p_value for c in without] == [c.p_sample_level for c in comps]
+
+
+def test_comparisons_one_seed_is_sample_level() -> None:
+    recs = _records("baseline", COND, 0, 8, 2) + _records("demos", COND, 0, 1, 9)
+    (c,) = comparisons(rates(recs), per_seed=rates(recs, by_seed=True))
+    assert (c.level, c.seeds_a, c.df) == ("sample-level", 1, 0) and math.isnan(c.dispersion)
+    assert c.p_value == c.p_sample_level == pytest.approx(fisher_exact_test(1, 10, 8, 10))
+
+
+def test_comparisons_seed_level_with_seeds_left_unscored() -> None:
+    """An arm whose other seeds were never scored is one run: against a one-seed baseline, sample-level again."""
+    recs = _records("baseline", COND, 0, 8, 2) + _records("demos", COND, 0, 1, 9) + _records("demos", COND, 1, 0, 0, 5)
+    (c,) = comparisons(rates(recs), per_seed=rates(recs, by_seed=True))
+    assert (c.level, c.seeds_a) == ("sample-level", 1)
+
+
+def test_comparisons_refuse_per_seed_rates_of_other_records(records: list[dict]) -> None:
+    other = [{**r, "harmful": not r["harmful"]} if r["harmful"] is not None else r for r in records]
+    with pytest.raises(ValueError, match="do not add up"):
+        comparisons(rates(records), per_seed=rates(other, by_seed=True))
+    with pytest.raises(ValueError, match="pooled rate"):
+        comparisons(rates(records), per_seed=rates(records))
+
+
+def test_equivalence_and_power_at_seed_level_are_wider() -> None:
+    """The seed-level readings divide by the dispersion and use t: never more confident than the sample-level ones;
+    with a dispersion of 1 and many degrees of freedom they are the sample-level ones."""
+    assert equivalence_test(0, 300, 1, 300, 0.05, dispersion=1.0, df=10**7) == pytest.approx(
+        equivalence_test(0, 300, 1, 300, 0.05), rel=1e-5
+    )
+    sample = equivalence_test(30, 300, 33, 300, 0.10)
+    assert sample < equivalence_test(30, 300, 33, 300, 0.10, dispersion=1.0, df=4)
+    assert equivalence_test(30, 300, 33, 300, 0.10, dispersion=1.0, df=4) < equivalence_test(
+        30, 300, 33, 300, 0.10, dispersion=5.0, df=4
+    )
+    assert equivalence_test(30, 300, 33, 300, 0.10, dispersion=0.2, df=4) == equivalence_test(
+        30, 300, 33, 300, 0.10, dispersion=1.0, df=4
+    )  # floored at 1
+    assert power_at_margin(300, 0.1, 300, 0.10, dispersion=5.0, df=4) < power_at_margin(300, 0.1, 300, 0.10)
+    assert power_at_margin(300, 0.1, 300, 0.10, dispersion=1.0, df=10**7) == pytest.approx(
+        power_at_margin(300, 0.1, 300, 0.10), abs=0.01
+    )
+
+
 # --- report ------------------------------------------------------------------------------------
 
 
 def _report(records: list[dict], out_dir: Path) -> str:
-    pooled = rates(records)
-    comps = comparisons(pooled, pairs=[("demos", "demos_principles")])
-    return report.write_report(pooled, rates(records, by_seed=True), comps, out_dir, "Test report")
+    pooled, per_seed = rates(records), rates(records, by_seed=True)
+    comps = comparisons(pooled, pairs=[("demos", "demos_principles")], per_seed=per_seed)
+    return report.write_report(pooled, per_seed, comps, out_dir, "Test report")
 
 
 def _csv_rows(path: Path) -> list[dict]:
@@ -277,6 +393,12 @@ def test_write_report_single_condition(records: list[dict], tmp_path: Path) -> N
     assert [r["arm"] for r in rows] == ["baseline", "demos", "demos_principles"]
     assert rows[0]["p_vs_baseline"] == "" and float(rows[1]["p_vs_baseline"]) < 1
     assert {r["seeds"] for r in rows} == {"2"} and rows[0]["unscored"] == "2"
+    assert rows[0]["seed_rates"] == "0.6000;0.6250" and float(rows[0]["seed_rate_sd"]) == pytest.approx(
+        0.0177, abs=1e-4
+    )
+    assert rows[0]["level_vs_baseline"] == "" and rows[1]["level_vs_baseline"] == "seed-level"
+    assert float(rows[1]["p_sample_level_vs_baseline"]) == pytest.approx(fisher_exact_test(5, 20, 11, 18))
+    assert rows[0]["truncated"] == "" and rows[0]["truncated_share"] == ""  # no samples given: not known
     assert len(_csv_rows(tmp_path / "results_by_seed.csv")) == 6
     assert len(_csv_rows(tmp_path / "comparisons.csv")) == 3
     assert (tmp_path / "rates.png").read_bytes().startswith(PNG_MAGIC)
@@ -290,6 +412,11 @@ def test_write_report_markdown(records: list[dict], tmp_path: Path) -> None:
     assert md.startswith("# Test report")
     assert "61.1% [38.6%, 79.7%]" in md  # baseline 11/18 with its Wilson interval
     assert report.UNSCORED_NOTE in md and "## Comparisons" in md
+    assert "60.0, 62.5% (SD 1.8)" in md  # baseline's two seeds, 6/10 and 5/8
+    assert report.SEED_LEVEL_NOTE in md and report.ONE_SEED_NOTE not in md
+    header = next(line for line in md.splitlines() if line.startswith("| condition | arm A |"))
+    assert "| test | seeds A/B | dispersion | p |" in header and "| p sample-level | p Holm sample-level |" in header
+    assert "cut at token budget" not in md  # no samples given, nothing to say about truncation
 
 
 def test_write_report_heatmap_with_several_conditions(records: list[dict], tmp_path: Path) -> None:
@@ -342,7 +469,25 @@ def test_power_cli_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert "baseline rate" in out and str(samples_needed(0.2, 0.1)) in out
 
 
-@pytest.mark.parametrize("argv", [[], ["--p1", "0.2"], ["--p1", "0.2", "--p2", "0.2"]])
+def test_power_cli_plans_seeds_under_a_spread(capsys: pytest.CaptureFixture[str]) -> None:
+    power.main(["--p1", "0.3", "--p2", "0.15", "--spread", "0.05"])
+    lines = capsys.readouterr().out.splitlines()
+    rows = {int(line.split()[0]): line.split()[1:] for line in lines[2:]}
+    plans = {plan.seeds: plan for plan in seeds_and_samples(0.3, 0.15, 0.05)}
+    assert rows[3][0] == "none" and plans[3].samples is None  # three runs cannot beat this spread, however sampled
+    assert rows[4][0] == str(plans[4].samples) and plans[4].power >= 0.8
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["--p1", "0.2"],
+        ["--p1", "0.2", "--p2", "0.2"],
+        ["--table", "--spread", "0.05"],
+        ["--p1", "0.2", "--p2", "0.1", "--spread", "0.9"],
+    ],
+)
 def test_power_cli_rejects_bad_arguments(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         power.main(argv)

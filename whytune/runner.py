@@ -239,8 +239,8 @@ def view(cfg: WhytuneConfig) -> View:
                 persistence.append((label[arm], after(label[arm], tune)))
     entries += [Entry(name, name, ARM, seeds=(SEED,), reference=True) for name in cfg.references]
     shown_pairs = [(label[a], label[b]) for a, b in pairs] + persistence
-    margin = cfg.eval.equivalence_margin
-    return View(title, entries, cfg.seeds, harms, benign, baseline, shown_pairs, persistence, margin=margin)
+    margin, warning = cfg.eval.equivalence_margin, cfg.eval.truncation_warning
+    return View(title, entries, cfg.seeds, harms, benign, baseline, shown_pairs, persistence, margin, warning)
 
 
 def write_report(cfg: WhytuneConfig) -> str:
