@@ -256,8 +256,8 @@ def write_report(cfg: WhytuneConfig) -> str:
 def report(cfg: WhytuneConfig) -> str:
     """After a sweep: the report over every arm x seed of cfg's model that the jobs scored in the run folder.
 
-    A missing arm x seed of the grid is an error, not something to sample here (this runs where the sweep was
-    submitted, and loads no model).
+    A missing arm x seed of the grid is an error, not something to sample here (this runs at the end of the sweep's
+    last job, or where the sweep was submitted, and loads no model).
     """
     found = {(run.arm, run.seed) for run in scored([Path(cfg.out)], cfg.judge) if run.model == cfg.model.name}
     if not found:
