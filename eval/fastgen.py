@@ -42,10 +42,14 @@ class Generation:
 
 
 def supports(model, length: int) -> bool:
-    """Whether the shared-prefix step is exact for this model up to `length` tokens (else use HF generate)."""
+    """Whether the shared-prefix step is exact for this model up to `length` tokens (else use HF generate).
+
+    The architecture is the checkpoint's own (a multimodal one, such as Gemma 3 from 4B up, is not supported); its
+    attention layers are read from the language model's config, where a multimodal config nests them."""
     config = model.config
-    window = getattr(config, "sliding_window", None)
-    full = set(getattr(config, "layer_types", None) or ["full_attention"]) == {"full_attention"}
+    text = config.get_text_config(decoder=True)
+    window = getattr(text, "sliding_window", None)
+    full = set(getattr(text, "layer_types", None) or ["full_attention"]) == {"full_attention"}
     return config.model_type in SUPPORTED and full and (window is None or length <= window)
 
 

@@ -153,7 +153,8 @@ def prefill(model, prompt_ids: torch.Tensor):
     """Keys and values of all prompt tokens but the last, computed once and shared by every sample."""
     from transformers import DynamicCache
 
-    cache = DynamicCache(config=model.config)
+    # The language model's config: its layers (sliding or full) shape the cache; a multimodal config nests it.
+    cache = DynamicCache(config=model.config.get_text_config(decoder=True))
     model(input_ids=prompt_ids[:, :-1], use_cache=True, logits_to_keep=1, **{fastgen.cache_keyword(model): cache})
     return cache
 

@@ -71,7 +71,9 @@ def test_accelerate_configs_load_and_leave_precision_to_the_train_config(name, k
         assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"]  # the adapter can be saved
     if kind == "FSDP":
         assert config.fsdp_config["fsdp_version"] == 2
-        assert config.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"  # save_model gathers on rank 0
+        # Checkpoints in shards, the adapter gathered alone (train/sft.py save_adapter); rank 0 alone loads weights.
+        assert config.fsdp_config["fsdp_state_dict_type"] == "SHARDED_STATE_DICT"
+        assert config.fsdp_config["fsdp_cpu_ram_efficient_loading"] and config.fsdp_config["fsdp_sync_module_states"]
 
 
 def two_ranks(config_file: str, overrides: list[str]):

@@ -19,6 +19,7 @@ from whytune.eval.classifiers import JudgeResult
 from whytune.eval.forced_choice import PAIRS_FILE, load_pairs
 from whytune.eval.results import Entry, Scores, View, write
 from whytune.eval.run import evaluate
+from whytune.models import model_dir
 from whytune.runner import report, run
 from whytune.runs import RunPaths, StaleOutputError, file_hash, read_jsonl
 
@@ -79,22 +80,45 @@ def test_forced_choice_reports_paired_differences_and_the_pairs_it_used(finished
     assert provenance["forced_choice_pairs"] == file_hash(PAIRS_FILE)
 
 
-def test_written_files_are_readable_by_group_and_others(finished):
-    """Colleagues on a shared file system can read what the run wrote (mkstemp once made these 0600)."""
+def test_written_files_are_readable_by_group_and_others(finished, tmp_path):
+    """Colleagues on a shared file system can read what the run wrote, weights included (mkstemp once made results
+    0600; safetensors 0.8 writes every weights file 0600 whatever the umask), and the models it converted."""
     cfg, _ = finished
     paths = RunPaths.of(cfg)
+    previous = os.umask(0o022)
+    try:  # the session's model cache may have been built under another umask: the tiny model afresh (about 2 s)
+        model = Path(model_dir(cfg.model, tmp_path))
+    finally:
+        os.umask(previous)
     files = [
         paths.root / "provenance.json",
         paths.adapter("demos", 0) / "manifest.json",
+        paths.adapter("demos", 0) / "adapter_model.safetensors",
+        paths.adapter("demos_principles", 0) / "adapter_model.safetensors",
         paths.root / "samples.html",
         paths.data("demos") / "README.md",
         paths.root / "results.csv",
         paths.root / "rates.png",
         paths.adapter("demos", 0) / "stage.json",
         paths.prompts,
+        model / "model.safetensors",
+        model / "tokenizer.json",
     ]
-    modes = {str(f.relative_to(paths.root)): stat.S_IMODE(f.stat().st_mode) for f in files}
+    modes = {f.name if f.is_relative_to(model) else str(f.relative_to(paths.root)): _mode(f) for f in files}
     assert modes == dict.fromkeys(modes, 0o644)
+    # Everything else too: the run folder's contents (pytest makes the folder itself 0700) and the model's folder.
+    written = [*paths.root.rglob("*"), model, *model.rglob("*")]
+    unreadable = {str(p): oct(_mode(p)) for p in written if _needs(p) & ~_mode(p)}
+    assert unreadable == {} and len(written) > 50  # a real walk: 86 files and folders when written
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def _needs(path: Path) -> int:
+    """What group and others need to read a file, or list and enter a folder."""
+    return 0o055 if path.is_dir() else 0o044
 
 
 def test_rerun_skips_every_finished_stage(finished, monkeypatch):

@@ -15,10 +15,11 @@ from pathlib import Path
 import hydra
 import torch
 from omegaconf import DictConfig
+from transformers import TrainerCallback
 
-from whytune import tracking
+from whytune import runs, tracking
 from whytune.config import CONFIG_PATH, WhytuneConfig, validate
-from whytune.models import fingerprint, load_model, load_tokenizer, model_dir, model_key
+from whytune.models import fingerprint, language_model_only, load_model, load_tokenizer, model_dir, model_key
 from whytune.runs import RunPaths, file_hash, mark_done, provenance, read_jsonl, stable_hash, stage_done, write_json
 
 ROLES = {"system", "user", "assistant"}
@@ -162,16 +163,28 @@ def _build_trainer(
     )
     # Loaded after the arguments: under DeepSpeed ZeRO-3 they switch on sharded loading (zero.Init).
     model = load_model(cfg.model, location, device)
+    lora = instantiate(asdict(t.lora))
+    lora.exclude_modules = language_model_only(model)  # a multimodal model's vision tower stays as it is
     trainer = SFTTrainer(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(examples),
         processing_class=tokenizer,
-        peft_config=instantiate(asdict(t.lora)),
+        peft_config=lora,
     )
     # Wrapped after construction: TRL refuses a collator of our own with padding-free packing.
     trainer.data_collator = TokenCount(trainer.data_collator)
+    trainer.add_callback(ShareCheckpoints())
     return trainer
+
+
+class ShareCheckpoints(TrainerCallback):
+    """Each checkpoint readable as the umask allows, like every folder a stage saves (safetensors writes the weights
+    0600 whatever the umask): an interrupted run's checkpoints stay in the run folder."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            runs.share_modes(Path(args.output_dir) / f"checkpoint-{state.global_step}")
 
 
 @dataclass
@@ -223,17 +236,32 @@ def check_lengths(tokenizer, examples: list[dict], max_length: int) -> None:
 def _save(trainer, state, adapter_dir: Path, manifest: dict) -> None:
     """Write the adapter into a temporary sibling and rename it into place: never half an adapter.
 
-    Every rank calls save_model, which gathers sharded weights (FSDP, ZeRO-3); only the main process writes.
+    Every rank calls save_adapter, which gathers sharded weights (FSDP, ZeRO-3); only the main process writes.
     """
     tmp = adapter_dir.with_name(adapter_dir.name + ".tmp")
     if state.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     state.wait_for_everyone()
-    trainer.save_model(str(tmp))
+    save_adapter(trainer, str(tmp))
     if state.is_main_process:
         write_json(tmp / "manifest.json", manifest)
         shutil.rmtree(adapter_dir, ignore_errors=True)
         tmp.rename(adapter_dir)
+
+
+def save_adapter(trainer, folder: str) -> None:
+    """The trainer's save_model, except that under FSDP the trainable (LoRA) weights alone are gathered, whole, into
+    rank 0's CPU memory, and the base weights stay sharded: under fsdp2.yaml's SHARDED_STATE_DICT (for the
+    checkpoints) save_model writes nothing, and under FULL_STATE_DICT it gathers the whole model. ZeRO-3's save_model
+    already gathers the trainable weights alone. Every rank calls it."""
+    if not trainer.is_fsdp_enabled:
+        trainer.save_model(folder)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    whole = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+    # _save writes on the main process only, as save_model does with the state dict it gathered.
+    trainer._save(folder, state_dict=get_model_state_dict(trainer.model, options=whole))
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="ablate", version_base="1.3")

@@ -12,6 +12,7 @@ import importlib.resources
 import importlib.util
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedTokenizerBase
 
 from whytune.config import ModelConfig, ModelSource
-from whytune.runs import locked
+from whytune.runs import locked, share_modes
 
 TEMPLATES = Path(__file__).parent / "templates"
 SPECIAL_TOKENS = ["<|pad|>", "<|im_start|>", "<|im_end|>", "<|unk|>"]
@@ -33,6 +34,7 @@ GENERATION_TOKENS = ("bos_token", "eos_token", "pad_token")  # the special token
 CONVERTER_VERSION = 3  # part of a converted model's cache key: bump when _convert_gguf changes its output
 # ModelConfig fields added after runs were first keyed: they enter a key only when set (model_key).
 LATER_FIELDS = ("assemble", "chat_template", "eos_token")
+TEXT_CONFIG_NAMES = ("decoder", "generator", "text_config")  # where get_text_config(decoder=True) finds a nested one
 
 
 def model_dir(cfg: ModelConfig, cache_dir: Path) -> str:
@@ -109,6 +111,7 @@ def _atomic_folder(target: Path, build) -> None:
     tmp.mkdir()
     try:
         build(tmp)
+        share_modes(tmp)  # safetensors writes the weights 0600 whatever the umask
         tmp.rename(target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -296,10 +299,83 @@ def pick_dtype(cfg: ModelConfig, device: torch.device) -> torch.dtype:
 
 
 def load_model(cfg: ModelConfig, location: str, device: torch.device) -> Any:
-    model: Any = AutoModelForCausalLM.from_pretrained(
-        location, dtype=pick_dtype(cfg, device), trust_remote_code=cfg.trust_remote_code, revision=cfg.revision
-    )
-    return model.to(device)
+    """The model in `device`'s dtype, on `device`. Under an FSDP launch that shards it (configs/accelerate/fsdp2.yaml)
+    accelerate places it instead: rank 0 loads the weights into CPU memory and, with the launch's RAM-efficient
+    loading, every other rank builds the model empty (empty_model), receiving rank 0's weights as it is sharded.
+
+    A multimodal checkpoint (Gemma 3 from 4B up) loads whole, as Gemma3ForConditionalGeneration: its adapter's weight
+    names are then the checkpoint's own, which vLLM maps when it serves that checkpoint. language_model_only keeps
+    LoRA off its vision tower."""
+    dtype = pick_dtype(cfg, device)
+    sharded = fsdp_shards_model()
+    if sharded and _flag("FSDP_CPU_RAM_EFFICIENT_LOADING") and not _is_main_process():
+        return empty_model(cfg, location, dtype)
+    # A rank that loads loads whole: transformers 5 would otherwise, on ranks other than 0, hand accelerate zeroed
+    # buffers to re-initialise (and still read every weight), and on CPU, where the launch runs as DDP, each rank
+    # needs its whole model.
+    with patch.dict(os.environ, {"FSDP_CPU_RAM_EFFICIENT_LOADING": "false"} if fsdp_launch() else {}):
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            location, dtype=dtype, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision
+        )
+    return model if sharded else model.to(device)
+
+
+def empty_model(cfg: ModelConfig, location: str, dtype: torch.dtype) -> Any:
+    """The model without its weights (its parameters on the meta device: no memory), for a rank that receives them
+    from rank 0 as FSDP shards the model (accelerate's fsdp2_load_full_state_dict). Buffers are built for real: the
+    ones no checkpoint holds (rotary frequencies, Gemma's embedding scale) are kept from each rank's own model."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(location, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
+    with init_empty_weights(include_buffers=False):
+        model: Any = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+    model.tie_weights()  # init_empty_weights replaces each parameter as it is registered, undoing the tie
+    return model
+
+
+def fsdp_launch() -> bool:
+    """Whether `accelerate launch` started this process with an FSDP config."""
+    return _flag("ACCELERATE_USE_FSDP")
+
+
+def fsdp_shards_model() -> bool:
+    """Whether accelerate will shard the model with FSDP: an FSDP launch of several processes on accelerators. On CPU
+    accelerate runs such a launch as DDP over gloo (its FSDP needs accelerators), each rank with the whole model."""
+    if not fsdp_launch():
+        return False
+    from accelerate import PartialState
+    from accelerate.utils import DistributedType
+
+    return PartialState().distributed_type not in (DistributedType.NO, DistributedType.MULTI_CPU)
+
+
+def _is_main_process() -> bool:
+    """Rank 0 of the launch, whose weights accelerate broadcasts to the others."""
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+def _flag(name: str) -> bool:
+    """An environment variable that accelerate's launcher sets to "true" or "false"."""
+    return os.environ.get(name, "false").lower() == "true"
+
+
+def language_model_only(model: Any) -> str | None:
+    """peft's exclude_modules for a multimodal model: a regex over the modules beside its language model (Gemma 3's
+    vision tower and projector), so that LoRA (all-linear or named layers, which the vision tower shares, q_proj...)
+    adapts the language model alone. None for a text-only model."""
+    if model.config.get_text_config(decoder=True) is model.config:
+        return None
+    decoder = model.get_decoder()
+    path = next(name for name, module in model.named_modules() if module is decoder)  # model.language_model
+    parent, _, own = path.rpartition(".")
+    others = [name for name, _ in model.get_submodule(parent).named_children() if name != own]
+    if not others:
+        return None
+    prefix = re.escape(f"{parent}.") if parent else ""
+    return rf"{prefix}({'|'.join(map(re.escape, others))})(\..*)?"
 
 
 def fingerprint(location: str) -> str:
@@ -311,6 +387,10 @@ def fingerprint(location: str) -> str:
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(location).to_dict()
-    keys = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "intermediate_size")
-    picked = {k: config.get(k) for k in keys}
+    # The sizes are the language model's: a multimodal config (Gemma 3 from 4B up) nests them, as transformers'
+    # get_text_config() reads them; model_type stays the checkpoint's (gemma3), whose adapters name their layers
+    # differently from a text-only model's (gemma3_text). A text-only config is its own text config.
+    text = next((config[name] for name in TEXT_CONFIG_NAMES if isinstance(config.get(name), dict)), config)
+    keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "intermediate_size")
+    picked = {"model_type": config.get("model_type")} | {k: text.get(k) for k in keys}
     return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import platform
+import stat
 import subprocess
 import sys
 import uuid
@@ -114,6 +115,9 @@ def stage_done(folder: Path, key: str) -> bool:
 
 
 def mark_done(folder: Path, key: str) -> None:
+    """Mark `folder`'s stage finished with `key`'s settings, its files first made readable as the umask allows
+    (share_modes): every stage folder (data, adapter, merged model) is finished here."""
+    share_modes(folder)
     write_json(folder / "stage.json", {"key": key, "finished": now()})
 
 
@@ -172,6 +176,38 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def share_modes(folder: Path) -> None:
+    """Give `folder` and everything under it the mode an ordinary open() or mkdir() gives: 0666 for a file, 0777 for a
+    folder or an executable, less the umask; the owner's own access is kept whatever the umask.
+
+    Call it on every folder a stage saves a model or an adapter into. Some writers make files for their owner alone
+    whatever the umask: safetensors 0.8 writes each weights file through a temporary file, which the tempfile crate
+    makes 0600, and renames it into place. Colleagues on a shared cluster file system could then read an adapter's
+    config but not its weights. Links are left alone (chmod would follow them), and so is what another user owns.
+    """
+    mask = umask()
+    for path in [folder, *folder.rglob("*")]:
+        info = path.lstat()
+        if stat.S_ISLNK(info.st_mode) or info.st_uid != os.getuid():
+            continue
+        executable = stat.S_ISDIR(info.st_mode) or info.st_mode & stat.S_IXUSR
+        os.chmod(path, ((0o777 if executable else 0o666) & ~mask) | (info.st_mode & stat.S_IRWXU))
+
+
+def umask() -> int:
+    """The process's umask, from /proc where Linux reports it; elsewhere set and put back (os.umask's only way to read
+    it), which for that instant gives another thread's new files the mode it names."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def append_jsonl(path: Path, rows: Iterable[dict]) -> None:
