@@ -33,7 +33,7 @@ from transformers import TrainerCallback
 
 from whytune.benchmarks import now, record
 from whytune.config import CONFIG_DIR, WhytuneConfig, validate
-from whytune.models import device_name, load_model, load_tokenizer, model_dir, pick_dtype
+from whytune.models import device_name, language_model_only, load_model, load_tokenizer, model_dir, pick_dtype
 from whytune.train.sft import _build_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,7 +100,10 @@ def run_bare(cfg: WhytuneConfig, location: str, example: dict, steps: int, warmu
     )
     ids = torch.tensor([encoded["input_ids"]] * cfg.train.batch_size, device=device)
     labels = ids.masked_fill(torch.tensor(encoded["assistant_masks"], device=device) == 0, -100)  # assistant-only
-    model = peft.get_peft_model(load_model(cfg.model, location, device), instantiate(asdict(cfg.train.lora)))
+    base = load_model(cfg.model, location, device)
+    lora = instantiate(asdict(cfg.train.lora))
+    lora.exclude_modules = language_model_only(base)  # as the train stage: a multimodal model's vision tower stays
+    model = peft.get_peft_model(base, lora)
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
