@@ -11,7 +11,7 @@ import pytest
 
 FOUNDATION = ["benchmarks", "clients", "config", "launch", "models", "runs", "stats", "tracking"]
 STAGES = ["data", "train", "eval"]
-RUNNER = ["runner", "sweep", "ablate", "compare"]
+RUNNER = ["runner", "sweep", "ablate", "compare", "fetch"]
 # The one import across stages: the data stage guards against the eval's own prompts and vets teacher replies
 # with the eval's own classifier.
 ACROSS_STAGES = {"data": {"eval"}}
