@@ -29,7 +29,7 @@ from whytune.eval.report import (
     write_share,
 )
 from whytune.runs import judge_record, read_jsonl, verdicts_name, write_text
-from whytune.stats import EQUIVALENCE_MARGIN, comparisons, rates
+from whytune.stats import EQUIVALENCE_MARGIN, Comparison, Rate, comparisons, rates
 
 
 @dataclass(frozen=True)
@@ -159,6 +159,12 @@ def write(scores: Scores, view: View, out: Path) -> str:
     browser. Returns the tables printed on stdout."""
     title, baseline, pairs = view.title, view.baseline, view.pairs
     untested = set(view.references)  # reference rows are shown, not tested nor counted in the Holm correction
+
+    def tests_of(measured: list[Rate], by_seed: list[Rate]) -> list[Comparison]:
+        """The comparisons of a measure's pooled and per-seed rates, the reference rows left out."""
+        arms = [[r for r in each if r.arm not in untested] for each in (measured, by_seed)]
+        return comparisons(arms[0], baseline, pairs, view.margin, arms[1])
+
     write_browser(
         scores.samples, {r["id"]: r for r in scores.records}, out / "samples.html", title=f"{title}, every sample"
     )
@@ -172,8 +178,8 @@ def write(scores: Scores, view: View, out: Path) -> str:
         if r["condition"] in view.harms
     ]
     if worded:
-        shares, tested = rates(worded), [r for r in rates(worded, by_seed=True) if r.arm not in untested]
-        tests = comparisons([r for r in shares if r.arm not in untested], baseline, pairs, view.margin, tested)
+        shares = rates(worded)
+        tests = tests_of(shares, rates(worded, by_seed=True))
         shown = write_share(COERCIVE_WORDS, shares, out, f"{title}: coercive language", tests)
         extra.append(("Coercive language (share of replies saying blackmail or leverage)", shown))
     if scores.forced:
@@ -201,13 +207,7 @@ def write(scores: Scores, view: View, out: Path) -> str:
     table = write_report(
         pooled,
         per_seed,
-        comparisons(
-            [r for r in pooled if r.arm not in untested],
-            baseline,
-            pairs,
-            view.margin,
-            [r for r in per_seed if r.arm not in untested],
-        ),
+        tests_of(pooled, per_seed),
         out,
         title=title,
         baseline=baseline,
