@@ -145,9 +145,9 @@ def kill_group(process: subprocess.Popen, grace: float = 0.0) -> list[int]:
     while True:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-        process.poll()  # reaps the leader
+        process.poll()  # reaps the leader once it is a zombie: a SIGKILL is not delivered at once
         left = alive_in_group(process.pid)
-        if not left or time.monotonic() > deadline:
+        if (not left and process.returncode is not None) or time.monotonic() > deadline:
             return left
         time.sleep(0.2)
 
