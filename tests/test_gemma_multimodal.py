@@ -33,7 +33,7 @@ EXAMPLE = {
         {"role": "assistant", "content": "Two emails: the board meets at noon."},
     ]
 }
-GREEDY = Sampling(samples=1, batch_size=1, max_new_tokens=6, temperature=0, top_p=1.0)
+GREEDY = Sampling(samples=1, batch_size=1, max_new_tokens=24, temperature=0, top_p=1.0)  # past the window too
 
 
 def build_tiny_multimodal(folder: Path, tokenizer_dir: str) -> None:
@@ -100,14 +100,16 @@ def test_lora_adapts_the_language_model_alone_and_the_eval_samples_from_its_adap
     tokenizer = trainer.processing_class
     asked = encode_messages(tokenizer, EXAMPLE["messages"][:2], CPU)
     assert asked.shape[1] > 16  # past the sliding window
+    hf = replace(GREEDY, backend="hf")
     with switcher.use("a") as model:
-        assert not fastgen.supports(model, asked.shape[1] + GREEDY.max_new_tokens)  # sliding layers: HF generate
+        assert fastgen.supports(model)  # sliding layers and all
         cache = prefill(model, asked)
         # The cache follows the language model's layers: a window on the sliding one, everything on the full one.
         assert [layer.is_sliding for layer in cache.layers] == [True, False]
-        cached = sample_batch(model, tokenizer, asked, cache, 1, GREEDY, seed=0)
-        plain = sample_batch(model, tokenizer, asked, None, 1, GREEDY, seed=0)
-    assert cached == plain and cached[0][0] and all(finish in ("eos", "length") for _, finish in cached)
+        fast = sample_batch(model, tokenizer, asked, cache, 1, GREEDY, seed=0)
+        cached = sample_batch(model, tokenizer, asked, cache, 1, hf, seed=0)
+        plain = sample_batch(model, tokenizer, asked, None, 1, hf, seed=0)  # HF generate on the whole prompt
+    assert fast == cached == plain and fast[0][0] and all(finish in ("eos", "length") for _, finish in fast)
 
 
 def test_the_fingerprint_reads_the_language_models_sizes(multimodal, tiny_dir):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import AutoConfig, GenerationConfig
+from transformers import AutoConfig, Gemma2Config, Gemma3TextConfig, GenerationConfig
 
 from tests.conftest import compose_config
 from whytune.config import validate
@@ -176,10 +178,10 @@ def test_pick_draws_from_the_nucleus_by_inverting_its_cdf():
 
 
 def test_fast_backend_declines_what_it_cannot_do_exactly(tiny):
+    """Another architecture (Gemma 2 caps its attention scores, which `attend` does not) and a Gemma 3 that attends both
+    ways (EmbeddingGemma); sliding windows, at any length, are followed (tests/test_sliding_window.py)."""
     model, _, ids = tiny
-    assert fastgen.supports(model, ids.shape[1] + 100)
-    model.config.sliding_window = ids.shape[1]
-    try:
-        assert not fastgen.supports(model, ids.shape[1] + 100)
-    finally:
-        model.config.sliding_window = None
+    assert fastgen.supports(model)
+    assert fastgen.supports(SimpleNamespace(config=Gemma3TextConfig(sliding_window=512)))
+    assert not fastgen.supports(SimpleNamespace(config=Gemma2Config()))
+    assert not fastgen.supports(SimpleNamespace(config=Gemma3TextConfig(use_bidirectional_attention=True)))
