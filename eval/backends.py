@@ -6,8 +6,8 @@ and the arm's adapter, None for an untrained arm). It yields the replies in inde
 midway keeps every chunk written, and its rerun asks only for the samples still missing.
 
 - `fast`: the transformers model in this process, reading the prompt's keys and values once a step for the whole
-  batch (eval/fastgen.py; `hf` where the architecture is not covered). Adapters: peft, switched per arm. One seed a
-  batch. Forced choice: the same model.
+  batch (eval/fastgen.py; `hf` where the architecture is not covered). Adapters: peft, each merged into the weights
+  while its arm is sampled (eval/generate.py). One seed a batch. Forced choice: the same model.
 - `hf`: transformers' `generate`, the prompt's cache expanded along the batch (eval/generate.py). Otherwise as `fast`.
 - `vllm`: vLLM's offline engine in this process, in its own environment (eval/vllm_backend.py). Adapters: a
   LoRARequest each, checked against peft first. One seed a sample. Forced choice: the transformers model, loaded
