@@ -128,11 +128,12 @@ def test_packing_enters_the_train_key_only_when_on(smoke_cfg, tmp_path):
     """Adapters trained before train.packing existed keep their key, so a rerun skips them instead of refusing."""
     data = tmp_path / "train.jsonl"
     data.write_text(json.dumps(EXAMPLES[0]) + "\n")
-    before = {key: value for key, value in asdict(smoke_cfg.train).items() if key != "packing"}
-    model = {key: value for key, value in asdict(smoke_cfg.model).items() if key not in LATER_FIELDS}
+    cfg = replace(smoke_cfg, train=replace(smoke_cfg.train, bf16=False))  # train.bf16 was a plain bool then
+    before = {key: value for key, value in asdict(cfg.train).items() if key != "packing"}
+    model = {key: value for key, value in asdict(cfg.model).items() if key not in LATER_FIELDS}
     old_key = stable_hash({"model": model, "train": before, "data": file_hash(data), "seed": 0})
-    assert train_key(smoke_cfg, data, 0) == old_key
-    assert train_key(replace(smoke_cfg, train=replace(smoke_cfg.train, packing=True)), data, 0) != old_key
+    assert train_key(cfg, data, 0) == old_key
+    assert train_key(replace(cfg, train=replace(cfg.train, packing=True)), data, 0) != old_key
 
 
 def test_eos_is_the_end_of_turn_token(tiny_dir, smoke_cfg):

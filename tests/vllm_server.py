@@ -70,6 +70,7 @@ PROMPTS = [
 TRAIN = ["data.examples=2", "train.lr=2e-2", "train.grad_accum=1", "train.save_steps=100"]
 # The vllm backend's sampling, small.
 EVAL = [
+    "model.dtype=float32",  # the parity reference computes as the engine does (ENGINE), on any CPU
     "eval.backend=vllm",
     "eval.samples=4",
     "eval.batch_size=2",

@@ -19,7 +19,17 @@ from transformers import TrainerCallback
 
 from whytune import runs, tracking
 from whytune.config import CONFIG_PATH, WhytuneConfig, validate
-from whytune.models import fingerprint, language_model_only, load_model, load_tokenizer, model_dir, model_key
+from whytune.models import (
+    fingerprint,
+    language_model_only,
+    load_model,
+    load_tokenizer,
+    model_dir,
+    model_key,
+    pick_device,
+    pick_dtype,
+    train_bf16,
+)
 from whytune.runs import RunPaths, file_hash, mark_done, provenance, read_jsonl, stable_hash, stage_done, write_json
 
 ROLES = {"system", "user", "assistant"}
@@ -56,6 +66,9 @@ def _check_example(row: dict, where: str) -> None:
 def train_key(cfg: WhytuneConfig, data_file: Path, seed: int) -> str:
     """Everything that changes the adapter; a rerun with the same key skips training."""
     train = asdict(cfg.train)
+    # The precision this machine trains in, not the setting: auto keeps the key of an adapter trained before it existed
+    # (bf16 false then, on CPU) where it resolves as it did, and changes it where it trains otherwise.
+    train["bf16"] = train_bf16(cfg.train, pick_device())
     if not train["packing"]:
         del train["packing"]  # adapters trained before the option existed keep their key
     return stable_hash({"model": model_key(cfg.model), "train": train, "data": file_hash(data_file), "seed": seed})
@@ -108,6 +121,7 @@ def train_arm(cfg: WhytuneConfig, arm: str, seed: int) -> Path:
             "data_sha256": file_hash(data_file),
             "examples": len(examples),
             "world_size": state.num_processes,
+            "precision": precision(cfg, state.device),
             "train_loss": result.training_loss,
             **speed,
             "metrics": result.metrics,
@@ -121,6 +135,15 @@ def train_arm(cfg: WhytuneConfig, arm: str, seed: int) -> Path:
         run.finish()
     state.wait_for_everyone()
     return adapter_dir
+
+
+def precision(cfg: WhytuneConfig, device: torch.device) -> dict:
+    """What the adapter's manifest records of how it was trained: bf16 autocast or not, and the dtype the base model's
+    weights were loaded in (the LoRA weights, those trained, are fp32 either way)."""
+    return {
+        "bf16": train_bf16(cfg.train, device),
+        "dtype": str(pick_dtype(cfg.model, device, training=True)).removeprefix("torch."),
+    }
 
 
 def _build_trainer(
@@ -149,7 +172,7 @@ def _build_trainer(
         packing_strategy="bfd",  # whole examples, padding-free (position_ids restart per example): no cross-attention
         assistant_only_loss=True,
         eos_token=tokenizer.eos_token,
-        bf16=t.bf16,
+        bf16=train_bf16(t, device),
         gradient_checkpointing=t.gradient_checkpointing,
         logging_steps=t.logging_steps,
         save_strategy="steps",
@@ -162,7 +185,7 @@ def _build_trainer(
         disable_tqdm=False,
     )
     # Loaded after the arguments: under DeepSpeed ZeRO-3 they switch on sharded loading (zero.Init).
-    model = load_model(cfg.model, location, device)
+    model = load_model(cfg.model, location, device, training=True)
     lora = instantiate(asdict(t.lora))
     lora.exclude_modules = language_model_only(model)  # a multimodal model's vision tower stays as it is
     trainer = SFTTrainer(

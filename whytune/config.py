@@ -73,6 +73,15 @@ class ModelSource(Enum):
     tiny_random = "tiny_random"  # built here from a config, random weights (tests, smoke runs)
 
 
+class Dtype(StrEnum):
+    """The dtype a model's weights load in (whytune.models.pick_dtype)."""
+
+    auto = "auto"  # bf16 where the device computes it natively (GPUs, CPUs with AVX512_BF16 or AMX), else fp32
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
 @dataclass
 class ModelConfig:
     name: str = MISSING  # short id used in run paths
@@ -87,7 +96,7 @@ class ModelConfig:
     # gguf_package: the family's own chat template, saved with the converted tokenizer when the GGUF file carries none
     # (a base model's): a file in whytune/templates/, or trl/<file> for one TRL ships; null: the file's own.
     chat_template: str | None = None
-    dtype: str = "auto"  # torch dtype for loading: auto, float32, bfloat16
+    dtype: Dtype = Dtype.auto  # the weights' dtype: auto, float32, bfloat16 or float16
     # A chat template with {% generation %} markers (file in whytune/templates/, or trl/<file>), for models whose own
     # template lacks them and that TRL cannot patch; null keeps the tokenizer's template.
     train_chat_template: str | None = None
@@ -245,7 +254,9 @@ class TrainConfig:
     # into one: under sdpa or eager attention its masked attention costs (batch_size x max_length)^2, so pack with
     # batch_size 1 (more grad_accum) unless the model runs flash attention.
     packing: bool = False
-    bf16: bool = False
+    # bf16 mixed precision: the Trainer autocasts to bf16 while the trained weights stay fp32. null (auto): where the
+    # device computes bf16 natively (a GPU, a CPU with AVX512_BF16 or AMX; an AVX2 CPU emulates it, slower than fp32).
+    bf16: bool | None = None
     gradient_checkpointing: bool = False
     logging_steps: int = ranged(1, ge=1)
     save_steps: int = ranged(50, ge=1)  # checkpoint interval: an interrupted run resumes from the last one

@@ -25,7 +25,8 @@ from unittest.mock import patch
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedTokenizerBase
 
-from whytune.config import ModelConfig, ModelSource
+from whytune.benchmarks import cpu_flags
+from whytune.config import Dtype, ModelConfig, ModelSource, TrainConfig
 from whytune.runs import locked, share_modes
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -291,22 +292,49 @@ def device_name(device: torch.device | None = None) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else f"{os.cpu_count()}-core CPU"
 
 
-def pick_dtype(cfg: ModelConfig, device: torch.device) -> torch.dtype:
-    """bf16 on GPUs; fp32 on CPU, where bf16 decodes slower (measured on the 2-core machine)."""
-    if cfg.dtype != "auto":
+def native_bf16_cpu() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512_BF16, or AMX, whose CPUs all have AMX-BF16). Only there is
+    bf16 faster than fp32 (vLLM 1.36x on a 2-core AVX-512 machine); an AVX2 CPU emulates it, converting every
+    operand to fp32, and is slower. Asks torch (its cpuinfo reads CPUID), else /proc/cpuinfo's flags."""
+    avx512_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", None)  # private, but there from torch 2.1 to 2.13
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    if avx512_bf16 and amx:
+        return bool(avx512_bf16() or amx())
+    return bool({"avx512_bf16", "amx_bf16"} & set(cpu_flags()))
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes in bf16 faster than in fp32: a GPU, or a CPU with native bf16 (native_bf16_cpu)."""
+    return device.type == "cuda" or (device.type == "cpu" and native_bf16_cpu())
+
+
+def train_bf16(cfg: TrainConfig, device: torch.device) -> bool:
+    """Whether training autocasts to bf16: train.bf16, or where it is null (auto) whether `device` has native bf16."""
+    return native_bf16(device) if cfg.bf16 is None else cfg.bf16
+
+
+def pick_dtype(cfg: ModelConfig, device: torch.device, training: bool = False) -> torch.dtype:
+    """The dtype the weights load in: model.dtype, or for auto bf16 where `device` computes it natively
+    (native_bf16), else fp32; but fp32 to train on a CPU, so that the trained weights stay fp32 while train.bf16
+    autocasts the compute. A GPU trains from bf16 base weights, half the memory: they are frozen, and peft keeps the
+    LoRA weights, the ones trained, in fp32."""
+    if cfg.dtype != Dtype.auto:
         return getattr(torch, cfg.dtype)
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if training and device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if native_bf16(device) else torch.float32
 
 
-def load_model(cfg: ModelConfig, location: str, device: torch.device) -> Any:
-    """The model in `device`'s dtype, on `device`. Under an FSDP launch that shards it (configs/accelerate/fsdp2.yaml)
-    accelerate places it instead: rank 0 loads the weights into CPU memory and, with the launch's RAM-efficient
-    loading, every other rank builds the model empty (empty_model), receiving rank 0's weights as it is sharded.
+def load_model(cfg: ModelConfig, location: str, device: torch.device, training: bool = False) -> Any:
+    """The model in pick_dtype's dtype (for `training` or sampling), on `device`. Under an FSDP launch that shards
+    it (configs/accelerate/fsdp2.yaml) accelerate places it instead: rank 0 loads the weights into CPU memory and,
+    with the launch's RAM-efficient loading, every other rank builds the model empty (empty_model), receiving rank
+    0's weights as it is sharded.
 
     A multimodal checkpoint (Gemma 3 from 4B up) loads whole, as Gemma3ForConditionalGeneration: its adapter's weight
     names are then the checkpoint's own, which vLLM maps when it serves that checkpoint. language_model_only keeps
     LoRA off its vision tower."""
-    dtype = pick_dtype(cfg, device)
+    dtype = pick_dtype(cfg, device, training)
     sharded = fsdp_shards_model()
     if sharded and _flag("FSDP_CPU_RAM_EFFICIENT_LOADING") and not _is_main_process():
         return empty_model(cfg, location, dtype)

@@ -41,7 +41,7 @@ from whytune.eval.prompts import read_prompts
 from whytune.eval.reference import ARM, SEED, clients, judge_references, sample_references
 from whytune.eval.results import Entry, View, publish, read_scores, write
 from whytune.eval.run import BuiltJudge, evaluate, harm_and_benign_conditions, judges
-from whytune.models import device_name, load_tokenizer, model_dir
+from whytune.models import device_name, load_tokenizer, model_dir, pick_device, pick_dtype
 from whytune.runs import RunPaths, append_jsonl, file_hash, locked, provenance, write_json
 from whytune.train.merge import merge_adapter
 from whytune.train.sft import train_arm
@@ -281,6 +281,8 @@ def record_timings(cfg: WhytuneConfig, timings: Timings) -> None:
             {
                 "finished": datetime.now(UTC).isoformat(timespec="seconds"),
                 "device": device_name(),
+                # What the transformers model samples (fast, hf) and scores forced choice in: auto differs by machine.
+                "dtype": str(pick_dtype(cfg.model, pick_device(cfg.eval.device))).removeprefix("torch."),
                 "seconds": {stage: round(seconds, 2) for stage, seconds in timings.items()},
             }
         ],
