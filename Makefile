@@ -3,6 +3,7 @@
 #   make test   - install into .venv, then the offline test suite
 #   make check  - the formatter, linter and type checker (configured in pyproject.toml); CI runs it first
 #   make vllm-env - .venv-vllm, vLLM beside this project (scripts/vllm_env.sh), for the tests marked vllm
+#   make llama-cpp - llama.cpp's llama-batched-bench and converters in .llama.cpp/, for scripts/bench_generate.py
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
@@ -12,7 +13,7 @@ export MALLOC_MMAP_MAX_ = 0
 export MALLOC_TRIM_THRESHOLD_ = 68719476736
 export WANDB_MODE ?= offline
 
-.PHONY: demo test smoke check format vllm-env
+.PHONY: demo test smoke check format vllm-env llama-cpp
 
 $(STAMP): pyproject.toml Makefile
 	python3 -m venv $(VENV)
@@ -37,6 +38,11 @@ smoke: $(STAMP)
 # does nothing when the environment is built for its own and pyproject.toml's current content.
 vllm-env:
 	bash scripts/vllm_env.sh
+
+# llama.cpp's llama-batched-bench, built for this CPU from the source that llama-cpp-python's sdist vendors, beside its
+# GGUF converters, in .llama.cpp/: the bench's llama.cpp variants (scripts/llama_cpp_env.sh; does nothing once built).
+llama-cpp:
+	bash scripts/llama_cpp_env.sh
 
 # One thread per process: several tests start processes of their own (Slurm jobs, two training ranks), and on two
 # cores torch's thread pools then fight over them.

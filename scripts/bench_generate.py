@@ -1,22 +1,35 @@
-"""Sampling speed, all in one run: plain batched `generate`, the project's backends and vLLM, on one long prompt,
-each with the base model and with a LoRA adapter active.
+"""Sampling speed, all in one run: plain batched `generate`, the project's backends and its peers, vLLM and
+llama.cpp, on one long prompt, each with the base model and with a LoRA adapter active.
 
     python scripts/bench_generate.py [--samples 32] [--batch-size 32] [--prompt-tokens 2000] [--new-tokens 256]
-        [--variants plain,hf,fast,vllm] [--adapter DIR] [--bandwidth-gbs N] [--out FILE] [config overrides]
+        [--variants plain,hf,fast,vllm,llama.cpp-f32] [--adapter DIR] [--bandwidth-gbs N] [--out FILE] [overrides]
 
 Variants: `plain` is `generate` on the whole prompt for every sample; `hf` prefills the prompt once and expands its
 cache along the batch for `generate` (eval.backend=hf); `fast` is eval/fastgen.py (eval.backend=fast); `vllm` is
 vLLM's offline engine (eval.backend=vllm) in float32 like the others, `vllm-bf16` the same in bfloat16, each with
 prefix caching and LoRA enabled, its start-up not timed. vLLM runs only where it is installed: run the script with
-.venv-vllm/bin/python (make vllm-env), which has this project too. All get the same prompt (the headline eval
-prompt, cut to --prompt-tokens), exactly --new-tokens new tokens per sample (eos ignored), sampled at temperature 1;
-the transformers variants in the same batches, vLLM all at once (it schedules its own batches). Each variant runs
-twice: on the base model and with a LoRA adapter active (`+lora`): --adapter's, or one with the config's LoRA
-settings (train.lora) and random weights, whose cost is a trained one's. `prefill` is the prompt's first pass
+.venv-vllm/bin/python (make vllm-env), which has this project too. `llama.cpp-f32`, `-f16` and `-bf16` are llama.cpp's
+llama-batched-bench (make llama-cpp) on the model converted to GGUF in that float type, the adapter as a GGUF LoRA
+(both converted before the timings); it shares the prompt's prefill across the sequences (-pps) and decodes each batch
+together, but makes its own prompt, random tokens of the same length, and feeds random tokens rather than sampling:
+the same shape, not the same text. All the others get the same prompt (the headline eval prompt, cut to
+--prompt-tokens) and make exactly --new-tokens new tokens per sample (eos ignored), sampled at temperature 1; the
+transformers variants and llama.cpp in the same batches, vLLM all at once (it schedules its own batches). Each
+variant runs twice: on the base model and with a LoRA adapter active (`+lora`): --adapter's, or one with the config's
+LoRA settings (train.lora) and random weights, whose cost is a trained one's. `prefill` is the prompt's first pass
 (for vLLM: one request of one token, which also fills its prefix cache), `decode` the rest. Prints, and appends to
-a JSON list (default docs/bench/), the seconds and new tokens/s of each, and the ratios between variants. On CUDA
-also the share of the decode's memory-bandwidth bound achieved. On CPU set MALLOC_MMAP_MAX_=0
-MALLOC_TRIM_THRESHOLD_=68719476736 (design notes, section 9), and OMP_NUM_THREADS to the cores for vLLM.
+a JSON list (default docs/bench/), the seconds and new tokens/s of each, the ratios between variants (the project's
+over the fastest peer in any precision among them). On CUDA also the share of the decode's memory-bandwidth bound
+achieved; on CPU the decode's GFLOP/s (decode_flops) as a share of the cores' arithmetic bound in its precision
+(whytune.benchmarks.arithmetic_bound, on torch's threads, which llama.cpp is given too; vLLM's CPU build binds its own)
+and of one 2048^3 float32 torch matmul's measured rate. On CPU set MALLOC_MMAP_MAX_=0
+MALLOC_TRIM_THRESHOLD_=68719476736 (design notes, section 9), OMP_NUM_THREADS to the cores, and VLLM_CPU_KVCACHE_SPACE
+(GiB) for vLLM. The full shape, every peer in every precision (BENCHMARKS.md's figures):
+
+    make llama-cpp vllm-env
+    OMP_NUM_THREADS=$(nproc) VLLM_CPU_KVCACHE_SPACE=8 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736 \
+        .venv-vllm/bin/python scripts/bench_generate.py --samples 32 --batch-size 32 --prompt-tokens 2000 \
+        --new-tokens 256 --variants fast,vllm,vllm-bf16,llama.cpp-f32,llama.cpp-f16,llama.cpp-bf16
 """
 
 from __future__ import annotations
@@ -25,8 +38,11 @@ import argparse
 import copy
 import datetime
 import functools
+import json
 import os
 import platform
+import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,12 +55,13 @@ from typing import Any
 
 import torch
 import transformers
+from huggingface_hub import snapshot_download
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from peft import PeftModel
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from whytune.benchmarks import now, record
+from whytune.benchmarks import arithmetic_bound, cpu_flags, matmul_gflops, now, record
 from whytune.config import CONFIG_DIR, validate
 from whytune.eval import fastgen
 from whytune.eval.generate import encode_prompt, prefill
@@ -53,6 +70,7 @@ from whytune.eval.vllm_backend import VLLMSampler
 from whytune.models import device_name, load_model, load_tokenizer, model_dir, pick_device
 
 ROOT = Path(__file__).resolve().parents[1]
+LLAMA_CPP = ROOT / ".llama.cpp"  # llama-batched-bench and llama.cpp's converters (make llama-cpp)
 BANDWIDTH_GBS = {"H200": 4800, "H100 PCIe": 2000, "H100": 3350, "A100": 2000}  # by device name, first match
 
 
@@ -60,7 +78,8 @@ BANDWIDTH_GBS = {"H200": 4800, "H100 PCIe": 2000, "H100": 3350, "A100": 2000}  #
 class Timing:
     prefill_s: float
     decode_s: float
-    cpu_s: float  # process CPU time: shows how much of the wall time other work on a shared machine took
+    cpu_s: float  # CPU time of this process and its finished children (llama.cpp): shows how much of the wall
+    # time other work on a shared machine took
     load_before: float  # 1-minute load average
     load_after: float
 
@@ -117,6 +136,7 @@ class Setup:
     location: str  # the base model's folder (vLLM loads it itself)
     adapter: Path  # the adapter's folder
     lora: bool  # whether the adapter is active in this run
+    scratch: Path  # a folder for the run's files (the adapter converted for llama.cpp)
 
 
 @contextmanager
@@ -202,19 +222,105 @@ def run_vllm(setup: Setup, dtype: str = "float32") -> tuple[float, float]:
     return prefill_s, now() - start
 
 
+def llama_cpp_version() -> str | None:
+    """llama-batched-bench's own `version: <build> (<commit>)` line, where make llama-cpp has built it."""
+    if not (LLAMA_CPP / "llama-batched-bench").exists():
+        return None
+    result = subprocess.run([LLAMA_CPP / "llama-batched-bench", "--version"], capture_output=True, text=True)
+    return next((line for line in (result.stdout + result.stderr).splitlines() if line.startswith("version")), None)
+
+
+def convert(script: str, args: list[str], out: Path) -> None:
+    """`out` written by one of llama.cpp's converters (with the gguf-py it ships), unless it is there already."""
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        part = out.with_suffix(".part")
+        command = [sys.executable, str(LLAMA_CPP / script), *args, "--outfile", str(part)]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-4000:]}")
+        part.rename(out)
+
+
+def llama_cpp_files(setup: Setup, outtype: str) -> tuple[Path, Path | None]:
+    """The base model as a GGUF file in `outtype`, kept in .llama.cpp/models/ (a rebuild with another llama.cpp,
+    whose converter may write it otherwise, clears it), and the adapter, where active, as a GGUF LoRA in `outtype`
+    in the run's scratch folder; each converted on first use."""
+    folder = Path(setup.location) if Path(setup.location).is_dir() else Path(snapshot_download(setup.location))
+    model = LLAMA_CPP / "models" / f"{folder.name}-{outtype}.gguf"
+    convert("convert_hf_to_gguf.py", [str(folder), "--outtype", outtype], model)
+    if not setup.lora:
+        return model, None
+    lora = setup.scratch / f"{ADAPTER}-{outtype}.gguf"
+    convert("convert_lora_to_gguf.py", [str(setup.adapter), "--base", str(folder), "--outtype", outtype], lora)
+    return model, lora
+
+
+def batched_bench_rows(output: str) -> dict[int, dict]:
+    """llama-batched-bench's --output-format jsonl result rows by their number of parallel sequences (`pl`); T_PP is
+    `t_pp`, S_PP `speed_pp`, T_TG `t_tg`, S_TG `speed_tg`, in seconds and tokens/s."""
+    rows = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    return {row["pl"]: row for row in rows}
+
+
+def llama_cpp_command(
+    model: Path, lora: Path | None, prompt: int, new_tokens: int, sizes: list[int], threads: int
+) -> list[str]:
+    """One llama-batched-bench run for every batch size: each sequence with its own slice of the KV cache (a shared
+    prompt is copied into each), prefilled once (-pps), all of a batch's sequences decoded together."""
+    widest = max(sizes)
+    return [
+        str(LLAMA_CPP / "llama-batched-bench"),
+        *("-m", str(model)),
+        *(("--lora", str(lora)) if lora else ()),
+        *("-c", str(widest * (prompt + new_tokens))),
+        *("-b", str(max(prompt, widest)), "-ub", "512"),
+        *("-npp", str(prompt), "-ntg", str(new_tokens), "-npl", ",".join(map(str, sorted(set(sizes)))), "-pps"),
+        *("-t", str(threads), "-tb", str(threads)),
+        *("--output-format", "jsonl"),
+    ]
+
+
+def run_llama_cpp(setup: Setup, outtype: str = "f32") -> tuple[float, float]:
+    """llama.cpp's llama-batched-bench (make llama-cpp) on the model converted to GGUF in `outtype`, the adapter
+    too: its prompt is random tokens of the same length, its new tokens are drawn at random (not sampled from the
+    logits). The prompt's prefill is counted once, as the other variants prefill it once."""
+    model, lora = llama_cpp_files(setup, outtype)
+    command = llama_cpp_command(model, lora, setup.ids.shape[1], setup.new_tokens, setup.sizes, torch.get_num_threads())
+    print(" llama.cpp: " + " ".join(command), flush=True)
+    result = subprocess.run(command, capture_output=True, text=True)
+    rows = batched_bench_rows(result.stdout)
+    if result.returncode != 0 or not set(setup.sizes) <= rows.keys():
+        raise RuntimeError(f"llama-batched-bench failed or left rows out:\n{result.stdout}{result.stderr[-4000:]}")
+    return rows[setup.sizes[0]]["t_pp"], sum(rows[n]["t_tg"] for n in setup.sizes)
+
+
+LLAMA_CPP_TYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}  # GGUF float types, as torch names them
 VARIANTS: dict[str, Callable[[Setup], tuple[float, float]]] = {
     "plain": run_plain,
     "hf": run_hf,
     "fast": run_fast,
     "vllm": run_vllm,
     "vllm-bf16": functools.partial(run_vllm, dtype="bfloat16"),
+    **{f"llama.cpp-{t}": functools.partial(run_llama_cpp, outtype=t) for t in LLAMA_CPP_TYPES},
 }
+PRECISIONS = {"vllm": "float32", "vllm-bf16": "bfloat16"} | {f"llama.cpp-{t}": p for t, p in LLAMA_CPP_TYPES.items()}
+
+
+def precision(variant: str, model) -> str:
+    """The float type a variant computes in: the transformers variants in the model's."""
+    return PRECISIONS.get(variant, str(next(model.parameters()).dtype).removeprefix("torch."))
+
+
+def cpu_time() -> float:
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 def timed(variant: str, setup: Setup) -> Timing:
-    load, cpu = os.getloadavg()[0], time.process_time()
+    load, cpu = os.getloadavg()[0], cpu_time()
     prefill_s, decode_s = VARIANTS[variant](setup)
-    return Timing(prefill_s, decode_s, time.process_time() - cpu, load, os.getloadavg()[0])
+    return Timing(prefill_s, decode_s, cpu_time() - cpu, load, os.getloadavg()[0])
 
 
 def bench_adapter(cfg, model, given: Path | None, folder: Path) -> Path:
@@ -245,6 +351,25 @@ def bandwidth_share(
     return total / (gbs * 1e9) / timing.decode_s
 
 
+def matmul_weights(config) -> int:
+    """The weights one token goes through in matmuls: attention's four projections and the MLP's three in every
+    layer, and the lm head (the embedding is a lookup)."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    queries, keys = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
+    layer = config.hidden_size * (2 * queries + 2 * keys) + 3 * config.hidden_size * config.intermediate_size
+    return config.num_hidden_layers * layer + config.hidden_size * config.vocab_size
+
+
+def decode_flops(config, prompt: int, new_tokens: int, samples: int, adapter_weights: int = 0) -> int:
+    """The decode's arithmetic: for every new token of every sample, 2 FLOPs a weight in matmuls (the adapter's
+    too) and attention's 2 x 2 x layers x heads x head_dim a key attended (scores, then the weighted values); step i
+    attends the prompt and the i + 1 tokens decoded by then."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    keys = new_tokens * prompt + new_tokens * (new_tokens + 1) // 2
+    attention = 4 * config.num_hidden_layers * config.num_attention_heads * head_dim * keys
+    return samples * (2 * new_tokens * (matmul_weights(config) + adapter_weights) + attention)
+
+
 def dtype_size(model) -> int:
     """Bytes per weight, and per cached key or value (the cache takes the model's dtype)."""
     return next(model.parameters()).element_size()
@@ -257,7 +382,19 @@ def default_bandwidth(device: torch.device) -> float | None:
     return next((gbs for key, gbs in BANDWIDTH_GBS.items() if key in name), None)
 
 
-def figures(t: Timing, new_tokens: int, share: float | None) -> dict:
+def arithmetic(bound: dict, precision: str, flops: int, decode_s: float) -> dict:
+    """The decode's GFLOP/s and its share of the cores' arithmetic bound in its precision and of the measured float32
+    matmul's rate."""
+    gflops = flops / decode_s / 1e9
+    return {
+        "precision": precision,
+        "decode_gflops": gflops,
+        "arithmetic_bound_share": gflops / bound["gflops"][precision],
+        "matmul_share": gflops / bound["matmul_gflops"],
+    }
+
+
+def figures(t: Timing, new_tokens: int, share: float | None, compute: dict | None) -> dict:
     """One variant's figures; printed at once, so a long run shows its progress."""
     row = {
         **asdict(t),
@@ -268,40 +405,61 @@ def figures(t: Timing, new_tokens: int, share: float | None) -> dict:
     }
     if share is not None:
         row["bandwidth_bound_share"] = share
-    return row
+    return row | (compute or {})
 
 
 def show(variant: str, row: dict) -> None:
-    share = row.get("bandwidth_bound_share")
+    share, bound = row.get("bandwidth_bound_share"), row.get("arithmetic_bound_share")
     print(
-        f"{variant:>14}: prefill {row['prefill_s']:8.1f} s  decode {row['decode_s']:8.1f} s  "
+        f"{variant:>19}: prefill {row['prefill_s']:8.1f} s  decode {row['decode_s']:8.1f} s  "
         f"{row['new_tokens_per_s']:9.1f} new tokens/s ({row['decode_tokens_per_s']:.1f} in decode)  "
         f"cpu {row['cpu_s']:.0f} s  load {row['load_before']:.1f}->{row['load_after']:.1f}"
-        + ("" if share is None else f"  {100 * share:.1f}% of the bandwidth bound"),
+        + ("" if share is None else f"  {100 * share:.1f}% of the bandwidth bound")
+        + (
+            ""
+            if bound is None
+            else f"  {row['decode_gflops']:.1f} GFLOP/s: {100 * bound:.1f}% of the {row['precision']} bound, "
+            f"{100 * row['matmul_share']:.1f}% of the matmul's"
+        ),
         flush=True,
     )
 
 
-def ratios(rows: dict[str, dict]) -> dict[str, float]:
-    """Each variant's speed-up over plain (with and without the adapter alike), over vLLM in float32, and with the
-    adapter over itself without one (1.0: the adapter costs nothing)."""
+def best_peers(rows: dict[str, dict]) -> dict[str, str]:
+    """The fastest of vLLM and llama.cpp in any precision (by total time), without the adapter ("") and with it."""
     out = {}
+    for lora in ("", "+lora"):
+        peers = [peer + lora for peer in PRECISIONS if peer + lora in rows]
+        if peers:
+            out[lora] = min(peers, key=lambda peer: rows[peer]["total_s"])
+    return out
+
+
+def ratios(rows: dict[str, dict]) -> dict[str, float]:
+    """Each variant's speed-up over plain (with and without the adapter alike), over vLLM in float32, the project's
+    over the fastest peer (best_peers), and with the adapter over itself without one (1.0: the adapter costs
+    nothing)."""
+    out, best = {}, best_peers(rows)
     for name, row in rows.items():
         base, lora = name.removesuffix("+lora"), "+lora" * name.endswith("+lora")
         for reference in ("plain", "vllm"):
             other = rows.get(reference + lora)
             if other is not None and base != reference:
                 out[f"{name}_vs_{reference}{lora}"] = other["total_s"] / row["total_s"]
+        if base not in PRECISIONS and lora in best:
+            out[f"{name}_vs_best_peer{lora}"] = rows[best[lora]]["total_s"] / row["total_s"]
         if lora and base in rows:
             out[f"{base}_adapter_cost"] = row["total_s"] / rows[base]["total_s"]
     return out
 
 
-def report(args, cfg, model, ids, rows: dict[str, dict], adapter: Path | None) -> dict:
+def report(args, cfg, model, ids, rows: dict[str, dict], adapter: Path | None, bound: dict | None) -> dict:
     """The ratios between variants, printed; everything as a JSON-ready dict."""
-    speedups = ratios(rows)
+    speedups, best = ratios(rows), best_peers(rows)
     for name, ratio in speedups.items():
         print(f"{name}: {ratio:.2f}x")
+    if best:
+        print("best peer: " + ", ".join(best.values()))
     return {
         "date": datetime.date.today().isoformat(),
         "machine": device_name(ids.device),
@@ -310,9 +468,11 @@ def report(args, cfg, model, ids, rows: dict[str, dict], adapter: Path | None) -
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "vllm": _version("vllm-cpu") or _version("vllm"),
+        "llama.cpp": llama_cpp_version(),
         "cpu": platform.processor() or platform.machine(),
         "cpu_flags": cpu_flags(),
         "torch_threads": torch.get_num_threads(),
+        "arithmetic_bound": bound,
         "samples": args.samples,
         "batch_size": args.batch_size,
         "prompt_tokens": ids.shape[1],
@@ -320,6 +480,7 @@ def report(args, cfg, model, ids, rows: dict[str, dict], adapter: Path | None) -
         "adapter": str(adapter) if adapter else f"random weights, r={cfg.train.lora.r} {cfg.train.lora.target_modules}",
         "variants": rows,
         "speedups": speedups,
+        "best_peers": list(best.values()),
         "command": " ".join(["python"] + sys.argv),
     }
 
@@ -331,14 +492,18 @@ def _version(name: str) -> str | None:
         return None
 
 
-def cpu_flags() -> list[str]:
-    """The vector-instruction flags that decide CPU kernels' speed (AVX2, AVX-512, native bf16, AMX)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return sorted(f for f in flags if f.startswith(("avx2", "avx512", "amx", "fma")))
+def cpu_bound() -> dict:
+    """The cores' arithmetic bound on torch's threads (which every variant is given) and the rate of one large float32
+    matmul, printed; both as a JSON-ready dict."""
+    bound = arithmetic_bound(torch.get_num_threads()) | {"matmul_gflops": matmul_gflops()}
+    per_cycle = ", ".join(f"{n} {p}" for p, n in bound["flops_per_cycle"].items())
+    print(
+        f"arithmetic bound: {bound['threads']} threads x {bound['mhz']:.0f} MHz ({bound['clock_source']}) x FLOPs a "
+        f"cycle ({per_cycle}) = {bound['gflops']['float32']:.1f} GFLOP/s float32; a 2048^3 float32 matmul: "
+        f"{bound['matmul_gflops']:.1f} GFLOP/s" + "".join(f"; {note}" for note in bound["notes"]),
+        flush=True,
+    )
+    return bound
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -375,19 +540,32 @@ def main(argv: list[str]) -> None:
         model = PeftModel.from_pretrained(load_model(cfg.model, location, device), str(adapter), adapter_name=ADAPTER)
         sizes = batches(args.samples, args.batch_size)
         runs = [(v, lora) for v in args.variants.split(",") for lora in (False, True)]
+        setups = {
+            lora: Setup(model, ids, sizes, args.new_tokens, location, adapter, lora, Path(scratch))
+            for lora in (False, True)
+        }
+        for variant, lora in runs:  # converted before the timings
+            if variant.startswith("llama.cpp-"):
+                llama_cpp_files(setups[lora], variant.removeprefix("llama.cpp-"))
         if device.type == "cuda":  # one-off costs (cuBLAS set-up, kernel loading) stay out of the figures
             for variant, lora in runs:
-                VARIANTS[variant](Setup(model, ids, [2], 4, location, adapter, lora))
+                VARIANTS[variant](Setup(model, ids, [2], 4, location, adapter, lora, Path(scratch)))
         gbs = args.bandwidth_gbs or default_bandwidth(device)
+        bound = cpu_bound() if device.type == "cpu" else None
+        config = model.config.get_text_config()
+        adapter_weights = sum(p.numel() for name, p in model.named_parameters() if "lora_" in name)
         rows = {}
         for variant, lora in runs:
             name = variant + "+lora" * lora
-            t = timed(variant, Setup(model, ids, sizes, args.new_tokens, location, adapter, lora))
-            shares = gbs is not None and not variant.startswith("vllm")
-            share = bandwidth_share(model, variant, t, ids.shape[1], sizes, args.new_tokens, gbs) if shares else None
-            rows[name] = figures(t, args.samples * args.new_tokens, share)
+            t = timed(variant, setups[lora])
+            share = None
+            if gbs is not None and variant not in PRECISIONS:  # not for the peers, vLLM and llama.cpp
+                share = bandwidth_share(model, variant, t, ids.shape[1], sizes, args.new_tokens, gbs)
+            flops = decode_flops(config, ids.shape[1], args.new_tokens, args.samples, adapter_weights * lora)
+            compute = None if bound is None else arithmetic(bound, precision(variant, model), flops, t.decode_s)
+            rows[name] = figures(t, args.samples * args.new_tokens, share, compute)
             show(name, rows[name])
-        result = report(args, cfg, model, ids, rows, adapter if args.adapter else None)
+        result = report(args, cfg, model, ids, rows, adapter if args.adapter else None, bound)
     record(result, args.out, ROOT / "docs" / "bench", "generate", device_name(device))
 
 
