@@ -20,6 +20,7 @@ from typing import Protocol
 import torch
 from scipy import stats
 
+from whytune.eval.fastgen import cache_keyword
 from whytune.eval.prompts import EvalPrompt
 from whytune.runs import read_jsonl, stable_hash, write_json
 
@@ -65,7 +66,7 @@ def mean_logprob(model, prefix_cache, last_prompt_id: torch.Tensor, reply_ids: t
     """Mean log-probability per token of `reply_ids` after the prompt (whose last token is fed here)."""
     cache = copy.deepcopy(prefix_cache)
     inputs = torch.cat([last_prompt_id, reply_ids[:, :-1]], dim=1)
-    logits = model(input_ids=inputs, past_key_values=cache, use_cache=True).logits.float()
+    logits = model(input_ids=inputs, use_cache=True, **{cache_keyword(model): cache}).logits.float()
     logprobs = torch.log_softmax(logits, dim=-1).gather(-1, reply_ids.unsqueeze(-1)).squeeze(-1)
     return logprobs.mean().item()
 
