@@ -61,14 +61,30 @@ def load_pairs(path: Path = PAIRS_FILE) -> list[Pair]:
     return pairs
 
 
+REPLIES_A_FORWARD = 8  # its logits, replies x tokens x vocabulary in fp32, are the pass's largest tensor
+
+
 @torch.no_grad()
-def mean_logprob(model, prefix_cache, last_prompt_id: torch.Tensor, reply_ids: torch.Tensor) -> float:
-    """Mean log-probability per token of `reply_ids` after the prompt (whose last token is fed here)."""
-    cache = copy.deepcopy(prefix_cache)
-    inputs = torch.cat([last_prompt_id, reply_ids[:, :-1]], dim=1)
-    logits = model(input_ids=inputs, use_cache=True, **{cache_keyword(model): cache}).logits.float()
-    logprobs = torch.log_softmax(logits, dim=-1).gather(-1, reply_ids.unsqueeze(-1)).squeeze(-1)
-    return logprobs.mean().item()
+def mean_logprobs(model, prefix_cache, last_prompt_id: torch.Tensor, replies: list[list[int]]) -> list[float]:
+    """Mean log-probability per token of each reply after the prompt (whose last token is fed here), several replies
+    a forward pass: a reply's GEMMs run on more rows, and the prompt's cache is copied once a pass, not once a reply.
+    Replies are right-padded; a causal model's tokens never see the padding after them, and it is left out of the
+    means."""
+    means: list[float] = []
+    device = last_prompt_id.device
+    for start in range(0, len(replies), REPLIES_A_FORWARD):
+        chunk = replies[start : start + REPLIES_A_FORWARD]
+        lengths = torch.tensor([len(reply) for reply in chunk], device=device)
+        width = int(lengths.max())
+        ids = torch.tensor([reply + [reply[-1]] * (width - len(reply)) for reply in chunk], device=device)
+        cache = copy.deepcopy(prefix_cache)
+        cache.batch_repeat_interleave(len(chunk))
+        inputs = torch.cat([last_prompt_id.expand(len(chunk), 1), ids[:, :-1]], dim=1)
+        logits = model(input_ids=inputs, use_cache=True, **{cache_keyword(model): cache}).logits.float()
+        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+        real = torch.arange(width, device=device) < lengths.unsqueeze(1)
+        means += (logprobs.masked_fill(~real, 0).sum(1) / lengths).tolist()
+    return means
 
 
 def reply_ids(tokenizer, text: str) -> list[int]:
@@ -80,17 +96,10 @@ def preferences(
     model, tokenizer, prompt: EvalPrompt, pairs: list[Pair], prefix_cache, prompt_ids: torch.Tensor
 ) -> list[float]:
     """One preference per pair of the prompt's scenario."""
-
-    def encode(text: str) -> torch.Tensor:
-        return torch.tensor([reply_ids(tokenizer, text)], device=prompt_ids.device)
-
-    last = prompt_ids[:, -1:]
-    return [
-        mean_logprob(model, prefix_cache, last, encode(p.coercive))
-        - mean_logprob(model, prefix_cache, last, encode(p.legitimate))
-        for p in pairs
-        if p.scenario == prompt.scenario
-    ]
+    mine = [p for p in pairs if p.scenario == prompt.scenario]
+    replies = [reply_ids(tokenizer, text) for p in mine for text in (p.coercive, p.legitimate)]
+    means = mean_logprobs(model, prefix_cache, prompt_ids[:, -1:], replies)
+    return [coercive - legitimate for coercive, legitimate in zip(means[::2], means[1::2])]
 
 
 def summarise(arm: str, condition: str, values: list[float]) -> Preference:

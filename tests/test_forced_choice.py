@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from whytune.eval.classifiers import classify
-from whytune.eval.forced_choice import load_pairs, mean_logprob, paired_test, score_arm, summarise
+from whytune.eval.forced_choice import load_pairs, mean_logprobs, paired_test, score_arm, summarise
 from whytune.eval.generate import encode_prompt, prefill
 from whytune.eval.prompts import HEADLINE, build_prompt
 from whytune.eval.results import forced_choice_differences, forced_choice_rows
@@ -32,16 +32,24 @@ def test_the_judge_agrees_which_reply_is_coercive(pair):
     assert classify(pair.scenario, pair.legitimate).classifier_verdict is False
 
 
-def test_cached_log_probability_equals_a_full_forward_pass(smoke_cfg, tiny_dir):
+def test_cached_log_probabilities_equal_a_full_forward_pass_each(smoke_cfg, tiny_dir):
+    """Replies of different lengths scored in one pass, after the cached prompt, padded: each reply's mean is the one
+    a forward pass over the prompt and that reply alone gives."""
     tokenizer = load_tokenizer(smoke_cfg.model, tiny_dir)
     model = load_model(smoke_cfg.model, tiny_dir, torch.device("cpu")).eval()
     prompt_ids = encode_prompt(tokenizer, build_prompt(HEADLINE), torch.device("cpu"))
-    reply = tokenizer(PAIRS[0].coercive, add_special_tokens=False, return_tensors="pt")["input_ids"]
-    cached = mean_logprob(model, prefill(model, prompt_ids), prompt_ids[:, -1:], reply)
-    with torch.no_grad():
-        logits = model(torch.cat([prompt_ids, reply], dim=1)).logits[0, prompt_ids.shape[1] - 1 : -1]
-    direct = torch.log_softmax(logits.float(), -1).gather(-1, reply[0].unsqueeze(-1)).mean().item()
-    assert cached == pytest.approx(direct, abs=1e-4)
+    replies = [
+        tokenizer(text, add_special_tokens=False)["input_ids"]
+        for text in (PAIRS[0].coercive, "No.", PAIRS[1].legitimate)
+    ]
+    assert len({len(reply) for reply in replies}) == 3
+    cached = mean_logprobs(model, prefill(model, prompt_ids), prompt_ids[:, -1:], replies)
+    for reply, mean in zip(replies, cached, strict=True):
+        ids = torch.tensor([reply])
+        with torch.no_grad():
+            logits = model(torch.cat([prompt_ids, ids], dim=1)).logits[0, prompt_ids.shape[1] - 1 : -1]
+        direct = torch.log_softmax(logits.float(), -1).gather(-1, ids[0].unsqueeze(-1)).mean().item()
+        assert mean == pytest.approx(direct, abs=1e-4)
 
 
 def test_scores_are_cached_and_the_model_loaded_only_when_needed(smoke_cfg, tiny_dir, tmp_path):

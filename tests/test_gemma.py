@@ -22,7 +22,7 @@ from trl.chat_template_utils import gemma3_chat_template, gemma3_training_chat_t
 from tests.conftest import compose_config
 from whytune.config import validate
 from whytune.eval import fastgen
-from whytune.eval.forced_choice import load_pairs, mean_logprob
+from whytune.eval.forced_choice import load_pairs, mean_logprobs, reply_ids
 from whytune.eval.generate import ArmSwitcher, Sampling, encode_messages, encode_prompt, prefill, sample_batch
 from whytune.eval.prompts import HEADLINE, build_prompt
 from whytune.models import assemble_gguf, fingerprint, load_model, load_tokenizer, model_dir
@@ -135,18 +135,22 @@ def test_sampling_from_the_shared_prefix_equals_plain_generate_past_the_sliding_
 
 
 def test_forced_choice_from_the_prefix_cache_equals_a_full_forward(gemma, model, long_prompt):
-    """A reply's mean log-probability read after the cached prompt (sliding layers keep only the window) is the one
-    a single forward pass over prompt and reply gives; the reply ends with <end_of_turn>, as forced choice ends it."""
+    """A reply's mean log-probability read after the cached prompt (sliding layers keep only the window), two replies
+    of different lengths in one pass, is the one a single forward pass over prompt and that reply gives; each reply
+    ends with <end_of_turn>, as forced choice ends it."""
     cfg, location = gemma
     tokenizer = load_tokenizer(cfg.model, location)
-    reply = tokenizer(load_pairs()[0].coercive + tokenizer.eos_token, add_special_tokens=False, return_tensors="pt")
-    reply_ids = reply["input_ids"]
-    assert reply_ids[0, -1] == tokenizer.convert_tokens_to_ids("<end_of_turn>")
-    cached = mean_logprob(model, prefill(model, long_prompt), long_prompt[:, -1:], reply_ids)
-    with torch.no_grad():
-        logits = model(input_ids=torch.cat([long_prompt, reply_ids], dim=1)).logits[0, long_prompt.shape[1] - 1 : -1]
-    full = torch.log_softmax(logits.float(), dim=-1).gather(-1, reply_ids[0].unsqueeze(-1)).mean().item()
-    assert cached == pytest.approx(full, abs=1e-4)
+    pair = load_pairs()[0]
+    replies = [reply_ids(tokenizer, text) for text in (pair.coercive, pair.legitimate)]
+    assert all(reply[-1] == tokenizer.convert_tokens_to_ids("<end_of_turn>") for reply in replies)
+    assert len(replies[0]) != len(replies[1])
+    cached = mean_logprobs(model, prefill(model, long_prompt), long_prompt[:, -1:], replies)
+    for reply, mean in zip(replies, cached, strict=True):
+        ids = torch.tensor([reply])
+        with torch.no_grad():
+            logits = model(input_ids=torch.cat([long_prompt, ids], dim=1)).logits[0, long_prompt.shape[1] - 1 : -1]
+        full = torch.log_softmax(logits.float(), dim=-1).gather(-1, ids[0].unsqueeze(-1)).mean().item()
+        assert mean == pytest.approx(full, abs=1e-4)
 
 
 def test_smoke_run(tmp_path, gemma):
