@@ -58,16 +58,17 @@ import transformers
 from huggingface_hub import snapshot_download
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from peft import PeftModel
+from peft import get_peft_model
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from whytune.benchmarks import arithmetic_bound, cpu_flags, matmul_gflops, now, record
 from whytune.config import CONFIG_DIR, validate
 from whytune.eval import fastgen
-from whytune.eval.generate import encode_prompt, prefill
+from whytune.eval.generate import ArmSwitcher, encode_prompt, prefill
 from whytune.eval.prompts import HEADLINE, get_prompts
 from whytune.eval.vllm_backend import VLLMSampler
-from whytune.models import device_name, load_model, load_tokenizer, model_dir, pick_device
+from whytune.models import device_name, fingerprint, load_model, load_tokenizer, model_dir, pick_device
+from whytune.runs import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 LLAMA_CPP = ROOT / ".llama.cpp"  # llama-batched-bench and llama.cpp's converters (make llama-cpp)
@@ -129,7 +130,7 @@ ADAPTER = "bench"  # the adapter's name in the model and the engine
 class Setup:
     """What every variant is run on."""
 
-    model: Any  # the transformers model with the adapter loaded beside it (peft)
+    switcher: ArmSwitcher  # the transformers model with the adapter loaded beside it, switched as the eval does
     ids: torch.Tensor  # the prompt
     sizes: list[int]  # the batches
     new_tokens: int
@@ -141,13 +142,9 @@ class Setup:
 
 @contextmanager
 def active(setup: Setup) -> Iterator[Any]:
-    """The model with the adapter active, or disabled."""
-    if setup.lora:
-        setup.model.set_adapter(ADAPTER)
-        yield setup.model
-    else:
-        with setup.model.disable_adapter():
-            yield setup.model
+    """The model with the adapter in use as the eval uses an arm's (merged where it can be), or with none."""
+    with setup.switcher.use(ADAPTER if setup.lora else None) as model:
+        yield model
 
 
 def run_plain(setup: Setup) -> tuple[float, float]:
@@ -323,15 +320,14 @@ def timed(variant: str, setup: Setup) -> Timing:
     return Timing(prefill_s, decode_s, cpu_time() - cpu, load, os.getloadavg()[0])
 
 
-def bench_adapter(cfg, model, given: Path | None, folder: Path) -> Path:
+def bench_adapter(cfg, model, location: str, given: Path | None, folder: Path) -> Path:
     """The adapter timed with the base model: the given trained one, or the config's LoRA with random weights (B
-    not zero, as after training), saved into `folder`."""
+    not zero, as after training), saved into `folder` with the manifest naming its base that the eval checks."""
     if given is not None:
         return given
-    from peft import get_peft_model
-
     lora = instantiate(asdict(cfg.train.lora), init_lora_weights=False)
     get_peft_model(model, lora).save_pretrained(folder)
+    write_json(folder / "manifest.json", {"base_model": cfg.model.name, "base_fingerprint": fingerprint(location)})
     return folder
 
 
@@ -536,12 +532,17 @@ def main(argv: list[str]) -> None:
         args.prompt_tokens,
     )
     with tempfile.TemporaryDirectory() as scratch:
-        adapter = bench_adapter(cfg, load_model(cfg.model, location, device), args.adapter, Path(scratch) / ADAPTER)
-        model = PeftModel.from_pretrained(load_model(cfg.model, location, device), str(adapter), adapter_name=ADAPTER)
+        adapter = bench_adapter(
+            cfg, load_model(cfg.model, location, device), location, args.adapter, Path(scratch) / ADAPTER
+        )
+        switcher = ArmSwitcher(
+            load_model(cfg.model, location, device), cfg.model.name, fingerprint(location), {ADAPTER: adapter}
+        )
+        model = switcher.model
         sizes = batches(args.samples, args.batch_size)
         runs = [(v, lora) for v in args.variants.split(",") for lora in (False, True)]
         setups = {
-            lora: Setup(model, ids, sizes, args.new_tokens, location, adapter, lora, Path(scratch))
+            lora: Setup(switcher, ids, sizes, args.new_tokens, location, adapter, lora, Path(scratch))
             for lora in (False, True)
         }
         for variant, lora in runs:  # converted before the timings
@@ -549,7 +550,7 @@ def main(argv: list[str]) -> None:
                 llama_cpp_files(setups[lora], variant.removeprefix("llama.cpp-"))
         if device.type == "cuda":  # one-off costs (cuBLAS set-up, kernel loading) stay out of the figures
             for variant, lora in runs:
-                VARIANTS[variant](Setup(model, ids, [2], 4, location, adapter, lora, Path(scratch)))
+                VARIANTS[variant](Setup(switcher, ids, [2], 4, location, adapter, lora, Path(scratch)))
         gbs = args.bandwidth_gbs or default_bandwidth(device)
         bound = cpu_bound() if device.type == "cpu" else None
         config = model.config.get_text_config()
