@@ -163,9 +163,9 @@ def main(overrides: list[str]) -> None:
     loaded, saved = sft.load_model, sft.save_adapter
     seen: dict = {}
 
-    def load(*args):
+    def load(*args, **kwargs):
         _as_if_on_gpus()  # after the Trainer's arguments, which set the process state up anew
-        model = loaded(*args)
+        model = loaded(*args, **kwargs)
         seen["loaded_on"] = sorted({p.device.type for p in model.parameters()})
         return model
 
