@@ -17,7 +17,9 @@ at each step, so the keys a sliding layer sees are the same slice of the prompt'
 batch: cut to it, or, in a graph, masked by a bias computed from the step's slot.
 
 On a CPU the linear layers run through oneDNN with their weights packed once per call (`packed_linears`): at the few
-rows of a decode step MKL's fp32 GEMM, which `nn.Linear` uses, ran 1.2-2.6x slower on the same shapes (BENCHMARKS.md).
+rows of a decode step MKL's fp32 GEMM, which `nn.Linear` uses, ran SmolLM2's shapes up to 2.6x slower (its lm head at
+8 rows; 1.1-1.9x for the MLP and the query and output projections), only its small key and value projections about
+1.2x faster; 32 greedy steps ran 1.1-1.4x slower (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -235,6 +237,7 @@ def packed_linears(model, rows: int) -> Iterator[int]:
 
 
 def packed_linear(packed: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    """A linear layer's forward on its packed weight."""
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
